@@ -1,0 +1,159 @@
+"""Checks every job of a command before anything runs, so a user mistake ends with one line
+on stderr, exit code 2, no traceback and no run directory created or touched.
+
+`guard()` runs before Hydra's own entry point: it composes each job's config the way Hydra
+will (the command's overrides, a preset's `hydra.sweeper.params`, the cartesian product of
+sweep values), then checks schema, values, dataset, device, and builds the model on the
+meta device to find tie and init mistakes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+from .config import UserError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# Flags after which Hydra prints something instead of running: nothing to check.
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+               "--version", "--resolve", "--package", "-p", "--experimental-rerun"}
+_UNSUPPORTED = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"paramlab: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _split_argv(argv: List[str]) -> Tuple[bool, List[str], bool]:
+    multirun, overrides, skip = False, [], False
+    it = iter(argv)
+    for a in it:
+        if a in ("-m", "--multirun"):
+            multirun = True
+        elif a in _INFO_FLAGS or a.split("=")[0] in _INFO_FLAGS:
+            skip = True
+        elif a in _UNSUPPORTED or a.split("=")[0] in _UNSUPPORTED:
+            skip = True
+            if "=" not in a:
+                next(it, None)
+        elif a.startswith("-"):
+            skip = True  # an option Hydra knows and we don't: let Hydra handle it
+        else:
+            overrides.append(a)
+    return multirun, overrides, skip
+
+
+def describe_hydra_error(e: BaseException) -> str:
+    """One line for an exception raised while composing a config."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import describe_omegaconf_error
+
+    if isinstance(e, MissingConfigException):
+        options = getattr(e, "options", None)
+        missing = getattr(e, "missing_cfg_file", None) or ""
+        text = str(e).splitlines()[0]
+        if "/" in missing:
+            group, option = missing.rsplit("/", 1)
+            allowed = ", ".join(sorted(options)) if options else "(none)"
+            return f"{group}={option}: no such option; choose one of: {allowed}"
+        return text
+    if isinstance(e, OverrideParseException):
+        return str(e).splitlines()[0]
+    cause = e
+    while cause is not None:
+        if isinstance(cause, OmegaConfBaseException):
+            return describe_omegaconf_error(cause)
+        cause = cause.__cause__ or cause.__context__
+    first = str(e).strip().splitlines()
+    return first[0] if first else type(e).__name__
+
+
+def _compose(overrides: List[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def expand_jobs(overrides: List[str], multirun: bool) -> Tuple[bool, List[List[str]], object]:
+    """(is_multirun, job override lists, first config) the way Hydra's basic sweeper expands them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    # Compose once with the first value of each sweep to read the preset's hydra settings.
+    first_values = [_first_value(o) for o in parsed]
+    base = _compose(first_values)
+    multirun = multirun or str(base.hydra.mode) == "RunMode.MULTIRUN" or str(base.hydra.mode) == "MULTIRUN"
+    if not multirun:
+        return False, [overrides], base
+    params = base.hydra.sweeper.get("params") or {}
+    preset = [f"{k}={v}" for k, v in params.items()]
+    jobs = BasicSweeper.split_arguments(parser.parse_overrides(preset + overrides), None)[0]
+    return True, [list(j) for j in jobs], base
+
+
+def _first_value(o) -> str:
+    if not o.is_sweep_override():
+        return o.input_line
+    value = next(iter(o.sweep_string_iterator()))
+    return f"{o.get_key_element()}={value}"
+
+
+def check_job(cfg, checked_data: dict, need_data: bool = True) -> None:
+    """Every check that can fail on a user mistake, short of training."""
+    from . import data
+    from .config import check_schema, validate
+
+    check_schema(cfg)
+    validate(cfg)
+    root = str(cfg.data.root)
+    if need_data and root not in checked_data:
+        data.locate(root)
+        checked_data[root] = data.dataset_size(root)
+    if need_data and cfg.data.limit is not None and cfg.data.limit > checked_data[root]:
+        raise UserError(f"data.limit={cfg.data.limit} is larger than the training set ({checked_data[root]} "
+                        f"examples); use 1..{checked_data[root]}, or null for all")
+    from .train import build, resolve_device
+
+    resolve_device(cfg.device)
+    build(cfg, device="meta")
+
+
+def guard(command: str, argv: List[str] | None = None) -> None:
+    """Check the command line; exit 2 with one line on the first user mistake."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    multirun, overrides, skip = _split_argv(argv)
+    if skip:
+        return
+    try:
+        multirun, jobs, base = expand_jobs(overrides, multirun)
+    except UserError as e:
+        fail(str(e))
+    except Exception as e:  # Hydra / OmegaConf composition errors
+        fail(describe_hydra_error(e))
+    if command != "train":
+        multirun = False
+        jobs = jobs[:1]
+    if multirun and base.sweep.resume not in (None, ""):
+        resume = Path(str(base.sweep.resume))
+        if not (resume / "sweep.json").is_file():
+            fail(f"sweep.resume={str(resume)!r} is not a sweep directory (no sweep.json in it); "
+                 "give a directory an earlier `-m` command wrote")
+    checked_data: dict = {}
+    for job in jobs:
+        try:
+            cfg = _compose(job) if (multirun or job != overrides) else base
+            check_job(cfg, checked_data, need_data=command == "train")
+        except UserError as e:
+            fail(f"{e}" + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
+        except Exception as e:
+            fail(describe_hydra_error(e) + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
+    if multirun:
+        os.environ["PARAMLAB_SWEEP_TOTAL"] = str(len(jobs))

@@ -1,0 +1,244 @@
+"""Config schema (dataclasses registered in Hydra's ConfigStore) and validation.
+
+The dataclasses are the schema: Hydra merges every YAML under `conf/` into them, so an
+unknown key or a value of the wrong type fails at compose time. `validate()` then checks
+what a type cannot express (lr > 0, 0 <= dropout < 1, ...) and raises `UserError` with one
+line that names the key and what is allowed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+MODELS = ("mlp", "nest_mlp", "rgnet")
+ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid")
+SHARINGS = ("none", "all_hidden", "groups")
+INITS = ("default", "normal", "constant", "xavier", "kaiming", "d2l_custom", "per_layer")
+RULE_INITS = tuple(i for i in INITS if i != "per_layer")
+OPTIMS = ("sgd", "adam")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class UserError(Exception):
+    """A mistake in the user's config or command: printed as one line, exit code 2."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    hidden: List[int] = field(default_factory=lambda: [8, 8, 8])
+    # One float for every hidden layer, or one per hidden layer (a list). `Any` because
+    # OmegaConf has no Union type; validate() checks it.
+    dropout: Any = 0.0
+    activation: str = "relu"
+
+
+@dataclass
+class SharingConfig:
+    name: str = "none"
+    # For name=groups: lists of module paths whose parameters become one set of tensors.
+    groups: List[List[str]] = field(default_factory=list)
+
+
+@dataclass
+class InitRule:
+    # fnmatch glob over Linear module paths (e.g. "net.1", "block2.*"), or "first" / "last".
+    module: str = MISSING
+    init: str = MISSING
+    std: float = 0.01
+    value: float = 1.0
+
+
+@dataclass
+class InitConfig:
+    name: str = "default"
+    std: float = 0.01      # normal
+    value: float = 1.0     # constant
+    rules: List[InitRule] = field(default_factory=list)  # per_layer
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0       # sgd only
+    weight_decay: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    root: str = "data"
+    batch_size: int = 256
+    limit: Optional[int] = None
+    eval_batch_size: int = 10000
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    diverge_factor: float = 1000.0
+    progress: bool = True
+
+
+@dataclass
+class SnapshotConfig:
+    tensors: bool = True
+    every: int = 1
+    hist_bins: int = 64
+    quantile_sample: int = 4096   # elements per tensor the quantiles are estimated from
+    activation_batch: int = 512   # fixed held-out examples for activation statistics
+
+
+@dataclass
+class SweepConfig:
+    # Path of an earlier sweep directory to resume (its completed jobs are skipped).
+    resume: Optional[str] = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sharing: SharingConfig = field(default_factory=SharingConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    seed: int = 0
+    device: str = "auto"
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="paramlab_schema", node=Config)
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise UserError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _number(key: str, value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise UserError(f"{key}={value!r} must be {what}")
+    return float(value)
+
+
+def dropout_list(model: Any) -> List[float]:
+    """model.dropout as one float per hidden layer (validated)."""
+    hidden = list(model.hidden)
+    dropout = model.dropout
+    if isinstance(dropout, (list, tuple, ListConfig)):
+        values = list(dropout)
+        if len(values) != len(hidden):
+            raise UserError(
+                f"model.dropout has {len(values)} values but model.hidden has {len(hidden)} layers; "
+                "give one float or one per hidden layer")
+    else:
+        values = [dropout] * len(hidden)
+    for v in values:
+        p = _number("model.dropout", v, "a number in [0, 1) or a list of them, one per hidden layer")
+        if not 0.0 <= p < 1.0:
+            raise UserError(f"model.dropout={v!r} is outside [0, 1); use e.g. model.dropout=0.5")
+    return [float(v) for v in values]
+
+
+def check_schema(cfg: DictConfig) -> None:
+    """Unknown keys (Hydra lets `+key=value` add them) and wrong types, as one-line errors."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+        OmegaConf.merge(OmegaConf.structured(Config), plain)
+    except OmegaConfBaseException as e:
+        raise UserError(describe_omegaconf_error(e)) from None
+
+
+def describe_omegaconf_error(e: Exception) -> str:
+    """One line for an OmegaConf validation/key error, naming the full key."""
+    key = getattr(e, "full_key", None) or ""
+    msg = str(getattr(e, "msg", None) or e).splitlines()[0].strip()
+    if type(e).__name__ == "ConfigKeyError" or "not in" in msg:
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.structured(Config)
+        if parent:
+            node = OmegaConf.select(node, parent)
+        allowed = ", ".join(node.keys()) if isinstance(node, DictConfig) else ""
+        return f"{key or msg}: unknown config key; allowed keys{' in ' + parent if parent else ''}: {allowed}"
+    if key:
+        return f"{key}: {msg}"
+    return msg
+
+
+def validate(cfg: Any) -> None:
+    """Value checks a dataclass type cannot express. Raises UserError (one line)."""
+    m = cfg.model
+    _choice("model", m.name, MODELS)
+    _choice("model.activation", m.activation, ACTIVATIONS)
+    if len(m.hidden) == 0:
+        raise UserError("model.hidden is empty; give at least one width, e.g. model.hidden=[8,8,8]")
+    for w in m.hidden:
+        if w < 1:
+            raise UserError(f"model.hidden={list(m.hidden)} has width {w}; every width must be >= 1")
+    drops = dropout_list(m)
+    if m.name != "mlp" and any(drops):
+        raise UserError(f"model.dropout is only supported by model=mlp (model={m.name} has no dropout layers); "
+                        "set model.dropout=0")
+    if m.name == "nest_mlp" and len(m.hidden) != 2:
+        raise UserError(f"model=nest_mlp has exactly 2 hidden layers (net.0, net.2); got model.hidden={list(m.hidden)}")
+
+    _choice("sharing", cfg.sharing.name, SHARINGS)
+    if cfg.sharing.name == "groups" and len(cfg.sharing.groups) == 0:
+        raise UserError("sharing=groups needs sharing.groups, e.g. 'sharing.groups=[[net.4,net.7]]'")
+    if cfg.sharing.name != "groups" and len(cfg.sharing.groups) > 0:
+        raise UserError(f"sharing.groups is only used with sharing=groups (sharing={cfg.sharing.name})")
+
+    i = cfg.init
+    _choice("init", i.name, INITS)
+    if i.name == "normal" and not _number("init.std", i.std, "a positive number") > 0:
+        raise UserError(f"init.std={i.std!r} must be > 0")
+    if i.name == "per_layer":
+        if len(i.rules) == 0:
+            raise UserError("init=per_layer needs init.rules, e.g. [{module: first, init: xavier}]")
+        for k, rule in enumerate(i.rules):
+            _choice(f"init.rules[{k}].init", rule.init, RULE_INITS)
+
+    o = cfg.optim
+    _choice("optim", o.name, OPTIMS)
+    if not _number("optim.lr", o.lr, "a number > 0") > 0 or math.isinf(o.lr):
+        raise UserError(f"optim.lr={o.lr!r} must be a finite number > 0, e.g. optim.lr=0.1")
+    if o.momentum < 0:
+        raise UserError(f"optim.momentum={o.momentum!r} must be >= 0")
+    if o.weight_decay < 0:
+        raise UserError(f"optim.weight_decay={o.weight_decay!r} must be >= 0")
+
+    d = cfg.data
+    if d.batch_size < 1:
+        raise UserError(f"data.batch_size={d.batch_size} must be >= 1, e.g. data.batch_size=256")
+    if d.eval_batch_size < 1:
+        raise UserError(f"data.eval_batch_size={d.eval_batch_size} must be >= 1")
+    if d.limit is not None and d.limit < 1:
+        raise UserError(f"data.limit={d.limit} must be >= 1, or null for the whole training set")
+
+    t = cfg.trainer
+    if t.epochs < 1:
+        raise UserError(f"trainer.epochs={t.epochs} must be >= 1")
+    if not _number("trainer.diverge_factor", t.diverge_factor, "a number > 1") > 1:
+        raise UserError(f"trainer.diverge_factor={t.diverge_factor!r} must be > 1 (default 1000)")
+
+    s = cfg.snapshot
+    if s.every < 1:
+        raise UserError(f"snapshot.every={s.every} must be an integer >= 1 (the last epoch is always snapshotted)")
+    if s.hist_bins < 1:
+        raise UserError(f"snapshot.hist_bins={s.hist_bins} must be >= 1")
+    if s.quantile_sample < 1:
+        raise UserError(f"snapshot.quantile_sample={s.quantile_sample} must be >= 1")
+    if s.activation_batch < 1:
+        raise UserError(f"snapshot.activation_batch={s.activation_batch} must be >= 1")
+
+    _choice("device", cfg.device, DEVICES)

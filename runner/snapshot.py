@@ -1,0 +1,249 @@
+"""Run-directory storage: atomic one-file-per-epoch Parquet tables, run.json, readers, and the
+on-device tensor statistics that fill the `params/` table.
+
+Layout of a run directory (see the README for every column):
+    run.json                      status, config, counts, tie groups, final metrics, timings
+    metrics/epoch-0001.parquet    epoch, split, metric, value
+    params/epoch-0000.parquet     one row per tensor per kind: value | grad | grad_site, + stats
+    tensors/epoch-0000.parquet    full tensors (values list<float32> + shape)
+    activations/epoch-0000.parquet  per hidden layer: mean, var, frac_dead, ...
+
+Every file is written to a temporary name starting with "." (readers skip those), fsynced,
+renamed into place, and the directory fsynced: a killed run leaves only whole files.
+
+This module imports no torch at import time: the report reads runs through it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TABLES = ("metrics", "params", "tensors", "activations")
+QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
+QUANTILE_COLUMNS = tuple(f"q{int(round(q * 100)):02d}" for q in QUANTILES)
+
+SCHEMAS: Dict[str, pa.Schema] = {
+    "metrics": pa.schema([
+        ("epoch", pa.int32()), ("split", pa.string()), ("metric", pa.string()), ("value", pa.float64())]),
+    "params": pa.schema([
+        ("epoch", pa.int32()), ("name", pa.string()), ("kind", pa.string()), ("site", pa.string()),
+        ("shape", pa.list_(pa.int64())), ("numel", pa.int64()),
+        ("mean", pa.float64()), ("std", pa.float64()), ("norm", pa.float64()),
+        ("min", pa.float64()), ("max", pa.float64()), ("frac_zero", pa.float64()), ("n_nonfinite", pa.int64()),
+        *[(c, pa.float64()) for c in QUANTILE_COLUMNS],
+        ("hist_counts", pa.list_(pa.int64())), ("hist_edges", pa.list_(pa.float64()))]),
+    "tensors": pa.schema([
+        ("epoch", pa.int32()), ("name", pa.string()), ("kind", pa.string()), ("site", pa.string()),
+        ("shape", pa.list_(pa.int64())), ("values", pa.list_(pa.float32()))]),
+    "activations": pa.schema([
+        ("epoch", pa.int32()), ("layer", pa.string()), ("units", pa.int64()), ("examples", pa.int64()),
+        ("mean", pa.float64()), ("var", pa.float64()), ("frac_dead", pa.float64()), ("frac_zero", pa.float64())]),
+}
+
+
+# --------------------------------------------------------------------------- atomic files
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through `write(fileobj)` to a hidden temp name, fsync, rename into place, fsync the dir."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    data = (json.dumps(obj, indent=2, default=_json_default) + "\n").encode()
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(type(o))
+
+
+def epoch_file(run_dir: Path, table: str, epoch: int) -> Path:
+    return Path(run_dir) / table / f"epoch-{epoch:04d}.parquet"
+
+
+def write_table(run_dir: Path, table: str, epoch: int, columns: dict) -> Path:
+    """Write one epoch's rows of `table` (a dict of columns) atomically; returns the file path."""
+    t = pa.Table.from_pydict(columns, schema=SCHEMAS[table])
+    path = epoch_file(run_dir, table, epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda f: pq.write_table(
+        t, f, compression="zstd", use_dictionary=["name", "kind", "site", "split", "metric", "layer"],
+        row_group_size=4096))
+    return path
+
+
+def clear_tables(run_dir: Path) -> None:
+    """Remove every table file (for a run restarted into the same directory)."""
+    for table in TABLES:
+        folder = Path(run_dir) / table
+        if folder.is_dir():
+            for f in folder.iterdir():
+                if f.suffix == ".parquet" or f.name.startswith("."):
+                    f.unlink()
+
+
+# --------------------------------------------------------------------------- readers
+
+def read_run(run_dir: str | os.PathLike) -> dict:
+    with open(Path(run_dir) / "run.json") as f:
+        return json.load(f)
+
+
+def read_table(run_dir: str | os.PathLike, table: str, columns: Optional[Sequence[str]] = None):
+    """One table of a run as a pandas DataFrame (all epochs; empty with the right columns if none)."""
+    import pandas as pd
+
+    folder = Path(run_dir) / table
+    files = sorted(f for f in folder.glob("epoch-*.parquet")) if folder.is_dir() else []
+    schema = SCHEMAS[table]
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
+    if not files:
+        return schema.empty_table().to_pandas()
+    t = pa.concat_tables([pq.read_table(f, columns=list(columns) if columns else None, schema=None)
+                          for f in files])
+    return t.to_pandas()
+
+
+def read_metrics(run_dir):
+    return read_table(run_dir, "metrics")
+
+
+def read_params(run_dir, columns: Optional[Sequence[str]] = None):
+    return read_table(run_dir, "params", columns)
+
+
+def read_activations(run_dir):
+    return read_table(run_dir, "activations")
+
+
+def read_tensors(run_dir, epoch: Optional[int] = None, name: Optional[str] = None,
+                 kind: Optional[str] = None) -> List[dict]:
+    """Full tensors as dicts {epoch, name, kind, site, array} with `array` a numpy float32
+    array of the stored shape. Filters are optional."""
+    folder = Path(run_dir) / "tensors"
+    files = [epoch_file(run_dir, "tensors", epoch)] if epoch is not None else sorted(folder.glob("epoch-*.parquet"))
+    out = []
+    for f in files:
+        if not f.is_file():
+            continue
+        t = pq.read_table(f)
+        names = t.column("name").to_pylist()
+        kinds = t.column("kind").to_pylist()
+        for i in range(t.num_rows):
+            if (name is not None and names[i] != name) or (kind is not None and kinds[i] != kind):
+                continue
+            values = t.column("values")[i].values.to_numpy(zero_copy_only=False)
+            shape = t.column("shape")[i].as_py()
+            out.append({"epoch": t.column("epoch")[i].as_py(), "name": names[i], "kind": kinds[i],
+                        "site": t.column("site")[i].as_py(), "array": values.reshape(shape)})
+    return out
+
+
+# --------------------------------------------------------------------------- statistics
+
+def tensor_stats(tensors: Sequence["torch.Tensor"], bins: int = 64, sample: int = 4096) -> Dict[str, np.ndarray]:
+    """Statistics of many tensors in a few batched ops on their device, then one copy to the host.
+
+    All tensors are flattened into one vector with a segment id per element; every statistic
+    is a segment reduction (index_add / scatter_reduce / bincount). Non-finite elements are
+    counted in n_nonfinite and left out of the other statistics. std is the population std.
+    Quantiles are exact on a bounded, evenly strided sample of each tensor (`sample` elements).
+    """
+    import torch
+
+    n = len(tensors)
+    device = tensors[0].device
+    numels = torch.tensor([t.numel() for t in tensors], device=device)
+    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])          # (sum numel,)
+    seg = torch.repeat_interleave(torch.arange(n, device=device), numels)        # (sum numel,)
+    finite = torch.isfinite(flat)
+    x = torch.where(finite, flat, 0.0).double()
+
+    def seg_sum(v):
+        return torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, seg, v)
+
+    count = seg_sum(finite.double())
+    mean = seg_sum(x) / count
+    var = seg_sum(torch.where(finite, x - mean[seg], 0.0) ** 2) / count
+    norm = seg_sum(x * x).sqrt()
+    big = torch.tensor(float("inf"), device=device)
+    vmin = torch.full((n,), float("inf"), device=device).scatter_reduce_(
+        0, seg, torch.where(finite, flat, big), "amin")
+    vmax = torch.full((n,), float("-inf"), device=device).scatter_reduce_(
+        0, seg, torch.where(finite, flat, -big), "amax")
+    frac_zero = seg_sum((flat == 0).double()) / numels.clamp(min=1)
+    n_nonfinite = numels - count.long()
+
+    # Histogram: `bins` equal bins between each tensor's finite min and max.
+    lo = torch.where(torch.isfinite(vmin), vmin, 0.0)
+    hi = torch.where(torch.isfinite(vmax), vmax, 0.0)
+    width = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    b = ((flat - lo[seg]) / width[seg] * bins).floor().clamp_(0, bins - 1).long()
+    counts = torch.bincount((seg * bins + b)[finite], minlength=n * bins).view(n, bins)
+    steps = torch.linspace(0, 1, bins + 1, device=device, dtype=torch.float64)
+    edges = lo.double()[:, None] + (hi - lo).double()[:, None] * steps[None, :]   # (n, bins + 1)
+
+    # Quantiles on a strided sample: element i*numel//S of each tensor, i < S.
+    s = max(1, min(sample, int(numels.max())))
+    starts = torch.cumsum(numels, 0) - numels
+    idx = starts[:, None] + (torch.arange(s, device=device)[None, :] * numels[:, None]) // s
+    sampled = torch.where(finite, flat, float("nan"))[idx.clamp(max=flat.numel() - 1)]
+    q = torch.nanquantile(sampled, torch.tensor(QUANTILES, device=device), dim=1)  # (len(Q), n)
+
+    host = torch.cat([torch.stack([mean, var.sqrt(), norm, vmin.double(), vmax.double(), frac_zero,
+                                   n_nonfinite.double(), numels.double()]),
+                      q.double()]).cpu().numpy()
+    out = {k: host[i] for i, k in enumerate(["mean", "std", "norm", "min", "max", "frac_zero",
+                                             "n_nonfinite", "numel"])}
+    for j, c in enumerate(QUANTILE_COLUMNS):
+        out[c] = host[8 + j]
+    out["n_nonfinite"] = out["n_nonfinite"].astype(np.int64)
+    out["numel"] = out["numel"].astype(np.int64)
+    for k in ("min", "max"):  # no finite element: report NaN rather than +-inf
+        out[k] = np.where(np.isfinite(out[k]), out[k], np.nan)
+    out["hist_counts"] = counts.cpu().numpy()
+    out["hist_edges"] = edges.cpu().numpy()
+    return out
+
+
+def tensors_columns(epoch: int, rows: Sequence[tuple]) -> dict:
+    """Columns of the `tensors` table from rows (name, kind, site, tensor), built without
+    per-element Python: one float32 buffer plus list offsets."""
+    import torch
+
+    arrays = [t.detach().float().reshape(-1) for *_, t in rows]
+    flat = torch.cat(arrays).cpu().numpy() if arrays else np.zeros(0, np.float32)
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([a.numel() for a in arrays], out=offsets[1:])
+    values = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.float32()))
+    return {"epoch": [epoch] * len(rows), "name": [r[0] for r in rows], "kind": [r[1] for r in rows],
+            "site": [r[2] for r in rows], "shape": [list(r[3].shape) for r in rows], "values": values}

@@ -1,0 +1,295 @@
+"""`python -m runner.train [overrides]`: one run, or a grid with `-m`.
+
+`run(cfg, run_dir)` is the whole experiment as a plain function: build the model, tie, init,
+then one explicit loop (forward, loss, backward, capture gradients, step) with a snapshot at
+epoch 0 and at every `snapshot.every`-th epoch. `main()` is the thin Hydra entry point.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import __version__
+from .config import UserError, check_schema, register_configs, validate
+from .paths import register_resolvers
+
+register_resolvers()
+register_configs()
+
+
+class Diverged(Exception):
+    pass
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is available here; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def build(cfg, device=None):
+    """Validated config -> (model, tie_map): built, tied, then initialized (tied tensors once).
+
+    Uses the global torch RNG (seed it first). `device="meta"` builds without allocating,
+    which is how the command-line checks find tie and init mistakes before any run starts."""
+    import torch
+
+    from .init import initialize
+    from .model import build_model
+    from .sharing import tie
+
+    with torch.device(device or "cpu"):
+        model = build_model(cfg.model)
+    tie_map = tie(model, cfg.sharing)
+    initialize(model, cfg.init)
+    return model, tie_map
+
+
+def make_optimizer(cfg, params):
+    import torch
+
+    o = cfg.optim
+    if o.name == "sgd":
+        # foreach=True: one fused kernel list instead of a Python loop per parameter.
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
+    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, foreach=True)
+
+
+_DATA_CACHE: dict = {}
+
+
+def load_data(cfg, device):
+    """The dataset as tensors on `device`; kept for later runs in the same process (sweeps)."""
+    from . import data
+
+    key = (str(Path(cfg.data.root).resolve()), cfg.data.limit, str(device))
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = data.load(cfg.data.root, cfg.data.limit, device)
+    return _DATA_CACHE[key]
+
+
+def plain_config(cfg) -> dict:
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def run(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
+    """Train one run into `run_dir`; returns the final run.json content.
+
+    User mistakes raise UserError before anything is written. A diverged run ends with status
+    `diverged`; any other exception during training is recorded as `failed` and re-raised."""
+    import torch
+    import torch.nn.functional as F
+
+    from . import snapshot
+    from .recorder import Recorder
+
+    start = time.perf_counter()
+    check_schema(cfg)
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    dataset = load_data(cfg, device)
+    model, tie_map = build(cfg)
+    model.to(device)
+    optimizer = make_optimizer(cfg, model.parameters())
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    snapshot.clear_tables(run_dir)  # a run restarted into its old directory starts clean
+    info = {
+        "paramlab_version": __version__, "run_id": run_dir.name, "status": "running",
+        "config": plain_config(cfg), "overrides": list(overrides),
+        "epochs": int(cfg.trainer.epochs), "epochs_completed": 0,
+        "params": {"unique": tie_map.unique, "total": tie_map.total},
+        "tie_groups": tie_map.tie_groups(), "final": None, "wall_time_s": None, "epoch_times_s": [],
+        "device": str(device), "torch_version": torch.__version__, "threads": torch.get_num_threads(),
+        "started_at": _now(), "finished_at": None, "error": None, "diverged": None,
+    }
+    json_path = run_dir / "run.json"
+    snapshot.write_json(json_path, info)
+
+    n_act = min(cfg.snapshot.activation_batch, int(dataset.test_y.shape[0]))
+    recorder = Recorder(model, tie_map, cfg.snapshot, run_dir, dataset.test_x[:n_act])
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    x_all, y_all, n = dataset.train_x, dataset.train_y, dataset.n_train
+    bs, epochs, every = int(cfg.data.batch_size), int(cfg.trainer.epochs), int(cfg.snapshot.every)
+    check_each_step = device.type == "cpu"  # on a GPU, checking per step would sync the host
+    limit = None  # divergence threshold: diverge_factor x the first step's loss
+
+    from tqdm import tqdm
+
+    bar = tqdm(range(1, epochs + 1), desc=run_dir.name[:40], unit="epoch", leave=False,
+               disable=None if cfg.trainer.progress else True, file=sys.stderr)
+    try:
+        recorder.snapshot(0, with_grads=False)
+        for epoch in bar:
+            t_epoch = time.perf_counter()
+            model.train()
+            recorder.reset()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            bad = torch.zeros((), dtype=torch.bool, device=device)
+            perm = torch.randperm(n, device=device, generator=generator)
+            for step, i in enumerate(range(0, n, bs)):
+                idx = perm[i:i + bs]
+                x, y = x_all[idx], y_all[idx]
+                logits = model(x)                          # (B, 10)
+                loss = F.cross_entropy(logits, y)
+                if limit is None:
+                    limit = loss.detach() * cfg.trainer.diverge_factor
+                step_bad = ~torch.isfinite(loss) | (loss > limit)
+                if check_each_step:
+                    if step_bad:
+                        raise Diverged(f"epoch {epoch} step {step}: loss {loss.item():.4g}")
+                else:
+                    bad |= step_bad
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                recorder.accumulate()                      # grads captured before the step
+                optimizer.step()
+                loss_sum += loss.detach().double() * y.shape[0]
+                correct += (logits.argmax(1) == y).sum()
+            if bool(bad):
+                raise Diverged(f"epoch {epoch}: a step's loss was non-finite or above "
+                               f"{cfg.trainer.diverge_factor:g}x the first step's loss")
+            train_loss = float(loss_sum) / n
+            train_acc = int(correct) / n
+            val_loss, val_acc = evaluate(model, dataset.test_x, dataset.test_y, int(cfg.data.eval_batch_size))
+            snapshot.write_table(run_dir, "metrics", epoch, {
+                "epoch": [epoch] * 4, "split": ["train", "train", "val", "val"],
+                "metric": ["loss", "acc", "loss", "acc"], "value": [train_loss, train_acc, val_loss, val_acc]})
+            if epoch % every == 0 or epoch == epochs:
+                recorder.snapshot(epoch, with_grads=True)
+            info["epochs_completed"] = epoch
+            info["final"] = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
+            info["epoch_times_s"].append(round(time.perf_counter() - t_epoch, 6))
+            info["wall_time_s"] = round(time.perf_counter() - start, 3)
+            snapshot.write_json(json_path, info)
+            bar.set_postfix(loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
+        info["status"] = "completed"
+    except Diverged as e:
+        info["status"] = "diverged"
+        info["diverged"] = {"epoch": info["epochs_completed"] + 1, "detail": str(e)}
+        info["error"] = f"diverged at {e}"
+    except BaseException as e:
+        info["status"] = "failed"
+        info["error"] = one_line(e)
+        _finish(info, json_path, start)
+        raise
+    finally:
+        bar.close()
+        recorder.close()
+    _finish(info, json_path, start)
+    return info
+
+
+def _finish(info: dict, json_path: Path, start: float) -> None:
+    info["wall_time_s"] = round(time.perf_counter() - start, 3)
+    info["finished_at"] = _now()
+    try:
+        from . import snapshot
+
+        snapshot.write_json(json_path, info)
+    except OSError:
+        pass  # disk full / read-only: the previous run.json stays valid
+
+
+def one_line(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    if isinstance(e, OSError) and e.strerror:
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{type(e).__name__}: {e.strerror}{where}"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip()
+
+
+def evaluate(model, x, y, batch_size: int):
+    """Mean cross-entropy and accuracy on (x, y), in large no-grad batches."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            logits = model(x[i:i + batch_size])
+            yy = y[i:i + batch_size]
+            loss_sum += F.cross_entropy(logits, yy, reduction="sum").double()
+            correct += (logits.argmax(1) == yy).sum()
+    model.train()
+    n = x.shape[0]
+    return float(loss_sum) / n, int(correct) / n
+
+
+def _task(cfg: DictConfig) -> Optional[dict]:
+    """The Hydra task: one run in Hydra's output directory."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .sweep import completed_with_same_config, job_threads
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    overrides = list(hc.overrides.task)
+    label = ",".join(overrides) or "(defaults)"
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun and completed_with_same_config(run_dir, plain_config(cfg)):
+        print(f"paramlab: skip {label}: already completed in {run_dir}", flush=True)
+        return None
+    threads = job_threads(hc)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    print(f"paramlab: start {label} -> {run_dir}", flush=True)
+    try:
+        info = run(cfg, run_dir, overrides)
+    except UserError as e:
+        print(f"paramlab: error: {e}", file=sys.stderr, flush=True)
+        if multirun:
+            return None
+        sys.exit(2)
+    except Exception as e:
+        print(f"paramlab: failed {label}: {one_line(e)}", file=sys.stderr, flush=True)
+        if multirun:
+            return None
+        sys.exit(1)
+    final = info.get("final") or {}
+    acc = f"val_acc={final['val_acc']:.4f}" if final else "no completed epoch"
+    print(f"paramlab: {info['status']} {label}: {acc}, {info['epochs_completed']}/{info['epochs']} epochs, "
+          f"{info['wall_time_s']:.1f} s", flush=True)
+    if info["status"] != "completed" and not multirun:
+        print(f"paramlab: run {info['status']}: {info['error']}", file=sys.stderr, flush=True)
+    return info
+
+
+def main() -> None:
+    import hydra
+
+    from .cli import guard
+    from .sweep import sweep_exit_code
+
+    guard("train")
+    hydra.main(version_base="1.3", config_path="../conf", config_name="config")(_task)()
+    sys.exit(sweep_exit_code())
+
+
+if __name__ == "__main__":
+    main()
