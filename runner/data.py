@@ -177,3 +177,21 @@ def load(root: str | os.PathLike, limit: Optional[int], device: "torch.device | 
 
     return Dataset(images(arrays["train_images"]), labels(arrays["train_labels"]),
                    images(arrays["test_images"]), labels(arrays["test_labels"]))
+
+
+def main(argv=None) -> None:
+    """`python -m runner.data [ROOT]`: make FashionMNIST available offline under ROOT (default data)."""
+    import sys
+
+    root = (argv if argv is not None else sys.argv[1:] or ["data"])[0]
+    try:
+        raw = locate(root)
+        n = dataset_size(root)
+    except UserError as e:
+        print(f"paramlab: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"paramlab: FashionMNIST ready in {raw} ({n} training examples)")
+
+
+if __name__ == "__main__":
+    main()

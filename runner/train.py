@@ -88,7 +88,12 @@ def _now() -> str:
 
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
-    """Train one run into `run_dir`; returns the final run.json content.
+    """Train one run into `run_dir`; returns the final run.json content."""
+    return train(cfg, run_dir, overrides)[0]
+
+
+def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] = ()):
+    """`run()`, returning (run.json content, trained model).
 
     User mistakes raise UserError before anything is written. A diverged run ends with status
     `diverged`; any other exception during training is recorded as `failed` and re-raised."""
@@ -195,7 +200,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] = 
         bar.close()
         recorder.close()
     _finish(info, json_path, start)
-    return info
+    return info, model
 
 
 def _finish(info: dict, json_path: Path, start: float) -> None:

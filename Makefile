@@ -1,0 +1,44 @@
+# The two commands of the README:  make demo  |  make test
+# Both create .venv, install the package and make FashionMNIST available offline if missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.paramlab-installed
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test install data bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# FashionMNIST: the Debian package dataset-fashion-mnist when root and apt are available,
+# decompressed into data/FashionMNIST/raw (runner.data also tries torchvision's download).
+data: $(STAMP)
+	@if [ ! -f data/FashionMNIST/raw/train-images-idx3-ubyte ] && [ ! -f $(DEBIAN_DATA) ] \
+	    && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing the Debian package dataset-fashion-mnist"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+	$(BIN)/python -m runner.data data
+
+# Tied vs untied seed preset on the full dataset, then the report (prints its path).
+# A second `make demo` skips the completed runs and rewrites the report.
+demo: data
+	$(BIN)/python -m runner.train -m experiment=seed_sharing sharing=none,all_hidden hydra.sweep.dir=outputs/demo
+	$(BIN)/python -m runner.report outputs/demo
+
+# The whole test suite (synthetic data; one test also checks the real dataset when present).
+test: $(STAMP)
+	-@$(MAKE) --no-print-directory data
+	$(BIN)/python -m pytest -q
+
+bench: data
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf outputs multirun

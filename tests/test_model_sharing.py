@@ -1,0 +1,115 @@
+"""Models, parameter counts, tying (identity, aliases, call sites) and tied gradients."""
+import pytest
+import torch
+
+from runner.config import UserError
+from runner.sharing import SiteGradients, build_tie_map
+from runner.train import build
+
+
+def test_seed_preset_counts(make_cfg):
+    _, tied = build(make_cfg("experiment=seed_sharing"))
+    assert (tied.unique, tied.total) == (6442, 6514)
+    _, untied = build(make_cfg("experiment=seed_sharing", "sharing=none"))
+    assert (untied.unique, untied.total) == (6514, 6514)
+    assert untied.tie_groups() == []
+
+
+def test_tie_groups_record_aliases_and_call_sites(make_cfg):
+    _, tie_map = build(make_cfg("experiment=seed_sharing"))
+    assert tie_map.tie_groups() == [
+        {"canonical": "net.4.weight", "aliases": ["net.4.weight", "net.7.weight"],
+         "call_sites": ["net.4", "net.7"], "shape": [8, 8], "numel": 64},
+        {"canonical": "net.4.bias", "aliases": ["net.4.bias", "net.7.bias"],
+         "call_sites": ["net.4", "net.7"], "shape": [8], "numel": 8}]
+
+
+def test_tied_identity_the_seed_check(make_cfg):
+    model, _ = build(make_cfg("sharing=all_hidden"))
+    net = model.net
+    assert net[4].weight is net[7].weight and net[4].bias is net[7].bias
+    assert net[1].weight is not net[4].weight
+    with torch.no_grad():
+        net[4].weight[0, 0] = 100
+    assert net[7].weight[0, 0].item() == 100  # the same tensor, not an equal copy
+    names = [n for n, _ in model.named_parameters()]
+    assert "net.7.weight" not in names and "net.4.weight" in names
+    all_names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    assert "net.7.weight" in all_names
+
+
+def test_nest_mlp_names_as_in_seed(make_cfg):
+    model, tie_map = build(make_cfg("model=nest_mlp"))
+    assert [n for n, _ in model.net.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert tie_map.unique == 784 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+
+
+def test_rgnet_nested_blocks(make_cfg):
+    model, tie_map = build(make_cfg("model=rgnet"))
+    names = [n for n, _ in model.named_parameters()]
+    assert names[:2] == ["block2.0.0.weight", "block2.0.0.bias"]
+    assert len(model.block2) == 4
+    assert tie_map.unique == 784 * 4 + 4 + 3 * (4 * 4 + 4) + 4 * 10 + 10
+    _, tied = build(make_cfg("model=rgnet", "sharing=all_hidden"))
+    assert tied.total - tied.unique == 2 * (4 * 4 + 4)
+
+
+def test_groups_sharing_ties_named_blocks(make_cfg):
+    model, tie_map = build(make_cfg("model=rgnet", "sharing=groups", "sharing.groups=[[block2.1,block2.3]]"))
+    assert model.block2[1][0].weight is model.block2[3][0].weight
+    assert [g["aliases"] for g in tie_map.tie_groups()] == [
+        ["block2.1.0.weight", "block2.3.0.weight"], ["block2.1.0.bias", "block2.3.0.bias"]]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("sharing=all_hidden", "model.hidden=[16,8,8]"),
+     "sharing=all_hidden needs equal hidden widths (it reuses one Linear for layers 2..n); "
+     "got model.hidden=[16, 8, 8], e.g. use model.hidden=[8,8,8]"),
+    (("sharing=groups", "sharing.groups=[[net.1,net.4]]"),
+     "sharing.groups: cannot tie net.1 (weight [8, 784], bias [8]) with net.4 (weight [8, 8], bias [8]): "
+     "parameter shapes differ"),
+    (("sharing=groups", "sharing.groups=[[net.4,net.99]]"),
+     "sharing.groups: no module 'net.99' in this model; modules with parameters: net.1, net.4, net.7, net.10"),
+])
+def test_sharing_errors(make_cfg, overrides, message):
+    with pytest.raises(UserError) as e:
+        build(make_cfg(*overrides))
+    assert str(e.value) == message
+
+
+def _batch(seed=0, n=32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_tied_grads_add_up_and_sites_match_untied_twin(make_cfg):
+    """The per-site gradients of the tied model equal the per-layer gradients of an untied twin
+    holding copies of the same weights; their sum is the tied .grad."""
+    torch.manual_seed(0)
+    tied, tie_map = build(make_cfg("sharing=all_hidden"))
+    twin, _ = build(make_cfg("sharing=none"))
+    with torch.no_grad():
+        for name, p in twin.named_parameters():
+            p.copy_(dict(tied.named_parameters(remove_duplicate=False))[name])
+    sites = SiteGradients(tied, tie_map)
+    x, y = _batch()
+    for model in (tied, twin):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    for leaf in ("weight", "bias"):
+        g4 = twin.net[4].get_parameter(leaf).grad
+        g7 = twin.net[7].get_parameter(leaf).grad
+        torch.testing.assert_close(sites.sums[(f"net.4.{leaf}", "net.4")], g4)
+        torch.testing.assert_close(sites.sums[(f"net.4.{leaf}", "net.7")], g7)
+        torch.testing.assert_close(tied.net[4].get_parameter(leaf).grad, g4 + g7)
+    # Untied layers: identical gradients, and the taps changed no result.
+    torch.testing.assert_close(tied.net[1].weight.grad, twin.net[1].weight.grad)
+    torch.testing.assert_close(tied(x), twin(x))
+    sites.remove()
+
+
+def test_build_tie_map_sees_module_level_ties():
+    shared = torch.nn.Linear(4, 4)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), shared, torch.nn.ReLU(), shared)
+    tm = build_tie_map(net)
+    assert (tm.unique, tm.total) == (40, 60)
+    assert tm.tie_groups()[0]["aliases"] == ["2.weight", "4.weight"]

@@ -1,0 +1,122 @@
+"""The training loop end to end on synthetic data: run directory, determinism, golden
+losses, divergence, dataset loading."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from runner import data, snapshot
+from runner.config import UserError
+from runner.train import run, train
+
+
+def test_run_writes_contract_run_dir(make_cfg, tmp_path):
+    info = run(make_cfg("experiment=seed_sharing", "trainer.epochs=2", "data.batch_size=64"), tmp_path / "r")
+    on_disk = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert on_disk == json.loads(json.dumps(info))
+    assert on_disk["status"] == "completed" and on_disk["epochs_completed"] == 2
+    assert on_disk["params"] == {"unique": 6442, "total": 6514}
+    assert len(on_disk["epoch_times_s"]) == 2 and on_disk["wall_time_s"] > 0
+    assert set(on_disk["final"]) >= {"train_loss", "val_loss", "val_acc"}
+    assert on_disk["config"]["sharing"]["name"] == "all_hidden" and on_disk["device"] == "cpu"
+    m = pd.read_parquet(tmp_path / "r" / "metrics")
+    assert len(m) == 8 and set(m.split) == {"train", "val"} and set(m.metric) == {"loss", "acc"}
+    assert m.epoch.min() == 1 and m.value.dtype == np.float64
+    for table in ("metrics", "params", "tensors", "activations"):
+        assert not [f for f in (tmp_path / "r" / table).iterdir() if f.name.startswith(".")]
+
+
+def test_learns_and_is_deterministic(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.epochs=3", "model.hidden=[32,32,32]")
+    a = run(cfg, tmp_path / "a")
+    b = run(cfg, tmp_path / "b")
+    ma, mb = pd.read_parquet(tmp_path / "a" / "metrics"), pd.read_parquet(tmp_path / "b" / "metrics")
+    pd.testing.assert_frame_equal(ma, mb)
+    assert a["final"]["val_acc"] > 0.5  # the synthetic classes are learnable
+    c = run(make_cfg("trainer.epochs=3", "model.hidden=[32,32,32]", "seed=1"), tmp_path / "c")
+    assert c["final"]["train_loss"] != a["final"]["train_loss"]
+
+
+def test_golden_losses_seed_preset(make_cfg, tmp_path):
+    """Fixed seed, fixed synthetic data: the seed preset's losses are pinned (torch 2.14 CPU)."""
+    info = run(make_cfg("experiment=seed_sharing", "trainer.epochs=2", "data.batch_size=64"), tmp_path / "g")
+    m = pd.read_parquet(tmp_path / "g" / "metrics").set_index(["epoch", "split", "metric"]).value
+    got = [m[(1, "train", "loss")], m[(2, "train", "loss")], m[(2, "val", "loss")]]
+    np.testing.assert_allclose(got, GOLDEN, rtol=1e-4)
+
+
+GOLDEN = [2.2195383421579997, 1.7795719162623087, 1.410803731282552]
+
+
+def test_snapshots_do_not_change_training(make_cfg, tmp_path):
+    a = run(make_cfg("sharing=all_hidden", "model.dropout=0.3"), tmp_path / "a")
+    b = run(make_cfg("sharing=all_hidden", "model.dropout=0.3", "snapshot.tensors=false", "snapshot.every=2"),
+            tmp_path / "b")
+    assert a["final"] == b["final"]
+
+
+def test_divergence_is_a_status_not_a_crash(make_cfg, tmp_path):
+    info = run(make_cfg("optim.lr=10000", "trainer.epochs=3"), tmp_path / "d")
+    assert info["status"] == "diverged"
+    assert info["diverged"]["epoch"] == info["epochs_completed"] + 1
+    assert "loss" in info["error"]
+    assert json.loads((tmp_path / "d" / "run.json").read_text())["status"] == "diverged"
+    # epoch 0 snapshot stays readable
+    assert (snapshot.read_params(tmp_path / "d").epoch == 0).any()
+
+
+def test_adam_and_momentum_run(make_cfg, tmp_path):
+    assert run(make_cfg("optim=adam", "trainer.epochs=1"), tmp_path / "a")["status"] == "completed"
+    assert run(make_cfg("optim.momentum=0.9", "trainer.epochs=1"), tmp_path / "m")["status"] == "completed"
+
+
+@pytest.mark.parametrize("model", ["nest_mlp", "rgnet"])
+def test_other_models_train(make_cfg, tmp_path, model):
+    info = run(make_cfg(f"model={model}", "trainer.epochs=1", "sharing=none"), tmp_path / model)
+    assert info["status"] == "completed"
+    acts = snapshot.read_activations(tmp_path / model)
+    assert len(set(acts.layer)) == (2 if model == "nest_mlp" else 4)
+
+
+def test_data_limit_prefix_and_synthetic_format(data_root):
+    ds = data.load(data_root, limit=120)
+    assert ds.train_x.shape == (120, 1, 28, 28) and ds.test_x.shape == (20, 1, 28, 28)
+    raw = data.read_idx(Path(data_root) / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte")
+    assert torch.equal(ds.train_y, torch.from_numpy(raw[:120].astype(np.int64)))
+    with pytest.raises(UserError, match=r"data.limit=601 is larger than the training set \(600 examples\)"):
+        data.load(data_root, limit=601)
+
+
+def test_gz_files_are_decompressed_once(tmp_path, data_root):
+    import gzip
+    import shutil
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (Path(data_root) / "FashionMNIST" / "raw").iterdir():
+        with open(f, "rb") as fin, gzip.open(raw / (f.name + ".gz"), "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+    assert data.locate(tmp_path, download=False) == raw
+    assert (raw / "train-images-idx3-ubyte").is_file()
+    assert data.load(tmp_path, None).n_train == 600
+
+
+def test_missing_dataset_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "nothing")
+    with pytest.raises(UserError) as e:
+        data.locate(tmp_path / "empty", download=False)
+    assert "apt-get update && apt-get install -y dataset-fashion-mnist" in str(e.value)
+
+
+REAL = Path(__file__).resolve().parent.parent / "data"
+
+
+@pytest.mark.skipif(not (REAL / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file(),
+                    reason="real FashionMNIST not prepared (make data)")
+def test_real_dataset_shape_and_stats():
+    ds = data.load(REAL, None)
+    assert ds.n_train == 60000 and ds.test_y.shape[0] == 10000
+    assert torch.bincount(ds.train_y).tolist() == [6000] * 10
+    assert abs(ds.train_x.mean().item()) < 1e-3 and abs(ds.train_x.std().item() - 1) < 1e-3
