@@ -170,6 +170,11 @@ def describe_omegaconf_error(e: Exception) -> str:
             node = OmegaConf.select(node, parent)
         allowed = ", ".join(node.keys()) if isinstance(node, DictConfig) else ""
         return f"{key or msg}: unknown config key; allowed keys{' in ' + parent if parent else ''}: {allowed}"
+    import re
+
+    m = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", msg)
+    if m and key:
+        return f"{key}={m.group(1)!r} has the wrong type; expected {m.group(2).lower()}"
     if key:
         return f"{key}: {msg}"
     return msg

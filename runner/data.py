@@ -75,7 +75,7 @@ def locate(root: str | os.PathLike, download: bool = True) -> Path:
     except OSError as e:
         raise UserError(f"data.root={str(root)!r}: cannot write the decompressed dataset there ({e.strerror}); "
                         "choose a writable data.root") from None
-    if download:
+    if download and not os.environ.get("PARAMLAB_NO_DOWNLOAD"):
         try:
             from torchvision.datasets import FashionMNIST  # heavy import: only on this path
 

@@ -164,7 +164,7 @@ def read_tensors(run_dir, epoch: Optional[int] = None, name: Optional[str] = Non
             values = t.column("values")[i].values.to_numpy(zero_copy_only=False)
             shape = t.column("shape")[i].as_py()
             out.append({"epoch": t.column("epoch")[i].as_py(), "name": names[i], "kind": kinds[i],
-                        "site": t.column("site")[i].as_py(), "array": values.reshape(shape)})
+                        "site": t.column("site")[i].as_py(), "array": np.array(values).reshape(shape)})
     return out
 
 

@@ -1,0 +1,107 @@
+"""User mistakes: one line on stderr naming the key and what is allowed, exit code 2, no
+traceback, nothing created. Most cases go through the same `guard()` the commands call
+(in-process, fast); a few run the real commands."""
+import json
+import os
+
+import pytest
+
+from runner import data
+from runner.cli import guard
+
+from conftest import run_cli
+
+CASES = [
+    (["sharing=foo"], "sharing=foo: no such option; choose one of: all_hidden, groups, none"),
+    (["optim=rmsprop"], "optim=rmsprop: no such option; choose one of: adam, sgd"),
+    (["experiment=nope"], "experiment=nope: no such option; choose one of: "),
+    (["model.foo=1"], "model.foo: unknown config key; allowed keys in model: name, hidden, dropout, activation"),
+    (["+foo=1"], "foo: unknown config key; allowed keys: model, sharing, init, optim, data, trainer, snapshot, "
+                 "sweep, seed, device"),
+    (["optim.lr=abc"], "optim.lr='abc' has the wrong type; expected float"),
+    (["trainer.epochs=1.5"], "trainer.epochs='1.5' has the wrong type; expected integer"),
+    (["optim.lr=0"], "optim.lr=0.0 must be a finite number > 0, e.g. optim.lr=0.1"),
+    (["optim.lr=-0.1"], "optim.lr=-0.1 must be a finite number > 0, e.g. optim.lr=0.1"),
+    (["model.dropout=1.0"], "model.dropout=1.0 is outside [0, 1); use e.g. model.dropout=0.5"),
+    (["model.dropout=-0.1"], "model.dropout=-0.1 is outside [0, 1); use e.g. model.dropout=0.5"),
+    (["model.dropout=[0.1,0.2]"], "model.dropout has 2 values but model.hidden has 3 layers; "
+                                  "give one float or one per hidden layer"),
+    (["model.hidden=[]"], "model.hidden is empty; give at least one width, e.g. model.hidden=[8,8,8]"),
+    (["model.hidden=[8,0,8]"], "model.hidden=[8, 0, 8] has width 0; every width must be >= 1"),
+    (["model.activation=swish"], "model.activation='swish' is not allowed; choose one of: relu, tanh, gelu, sigmoid"),
+    (["trainer.epochs=0"], "trainer.epochs=0 must be >= 1"),
+    (["data.batch_size=0"], "data.batch_size=0 must be >= 1, e.g. data.batch_size=256"),
+    (["data.limit=0"], "data.limit=0 must be >= 1, or null for the whole training set"),
+    (["data.limit=601"], "data.limit=601 is larger than the training set (600 examples); use 1..600, or null for all"),
+    (["snapshot.every=0"], "snapshot.every=0 must be an integer >= 1 (the last epoch is always snapshotted)"),
+    (["sharing=groups", "sharing.groups=[[net.4,net.5x]]"],
+     "sharing.groups: no module 'net.5x' in this model; modules with parameters: net.1, net.4, net.7, net.10"),
+    (["sharing=groups", "sharing.groups=[[net.1,net.4]]"],
+     "sharing.groups: cannot tie net.1 (weight [8, 784], bias [8]) with net.4 (weight [8, 8], bias [8]): "
+     "parameter shapes differ"),
+    (["sharing=all_hidden", "model.hidden=[8,16,16]"],
+     "sharing=all_hidden needs equal hidden widths (it reuses one Linear for layers 2..n); got "
+     "model.hidden=[8, 16, 16], e.g. use model.hidden=[8,8,8]"),
+    (["init=per_layer", "init.rules=[{module: head, init: xavier}]"],
+     "init.rules[0].module='head' matches no Linear layer; use first, last, a glob, or one of: "
+     "net.1, net.4, net.7, net.10"),
+    (["-m", "optim.lr=0.1,-1"], "optim.lr=-1.0 must be a finite number > 0, e.g. optim.lr=0.1  [job: data.root={root} optim.lr=-1]"),
+]
+
+
+@pytest.mark.parametrize("args, message", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_user_errors_one_line(args, message, data_root, capsys, monkeypatch):
+    monkeypatch.setenv("PARAMLAB_NO_DOWNLOAD", "1")
+    with pytest.raises(SystemExit) as e:
+        guard("train", [f"data.root={data_root}", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err == f"paramlab: error: {message.replace('{root}', data_root)}\n" or (
+        message.endswith(": ") and err.startswith(f"paramlab: error: {message}"))
+
+
+def test_device_cuda_without_gpu(data_root, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit):
+        guard("train", [f"data.root={data_root}", "device=cuda"])
+    assert capsys.readouterr().err == ("paramlab: error: device=cuda but no CUDA GPU is available here; "
+                                       "use device=auto or device=cpu\n")
+
+
+def test_missing_dataset_names_the_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PARAMLAB_NO_DOWNLOAD", "1")
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "none")
+    with pytest.raises(SystemExit):
+        guard("train", [f"data.root={tmp_path}/empty"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "FashionMNIST not found in data.root=" in err
+    assert "get it with: apt-get update && apt-get install -y dataset-fashion-mnist" in err
+
+
+def test_resume_path_not_a_sweep(data_root, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        guard("train", ["-m", f"data.root={data_root}", f"sweep.resume={tmp_path}"])
+    assert "is not a sweep directory (no sweep.json in it)" in capsys.readouterr().err
+
+
+def test_cli_errors_exit_2_no_traceback_nothing_created(tmp_path, data_root):
+    """The real command: exit code 2, one stderr line, no directory created, an existing run
+    directory left untouched."""
+    existing = tmp_path / "old_run"
+    existing.mkdir()
+    (existing / "run.json").write_text(json.dumps({"status": "completed"}))
+    before = sorted(os.listdir(existing))
+    for args in (["sharing=foo"], ["optim.lr=-1", f"hydra.run.dir={existing}"],
+                 ["-m", "model.dropout=0,1.5"]):
+        r = run_cli("-m", "runner.train", f"data.root={data_root}", *args, cwd=tmp_path,
+                    env_extra={"PARAMLAB_NO_DOWNLOAD": "1"})
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("paramlab: error: ")
+    assert not (tmp_path / "outputs").exists()
+    assert sorted(os.listdir(existing)) == before
+    assert json.loads((existing / "run.json").read_text()) == {"status": "completed"}

@@ -1,0 +1,179 @@
+"""Per-epoch snapshots: epoch 0, grads as epoch means, per-call-site grads, statistics,
+full tensors, activations, plain Parquet, crash safety and write faults."""
+import errno
+import json
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from runner import snapshot
+from runner.train import build, run, train
+
+from conftest import ROOT
+
+
+def test_epoch0_values_only_and_every(make_cfg, tmp_path):
+    run(make_cfg("sharing=all_hidden", "trainer.epochs=5", "snapshot.every=2"), tmp_path / "r")
+    p = snapshot.read_params(tmp_path / "r")
+    assert sorted(p.epoch.unique()) == [0, 2, 4, 5]  # every 2nd epoch, and always the last
+    e0 = p[p.epoch == 0]
+    assert set(e0.kind) == {"value"} and e0.site.isna().all()
+    assert list(e0.name) == ["net.1.weight", "net.1.bias", "net.4.weight", "net.4.bias",
+                             "net.10.weight", "net.10.bias"]  # canonical names, stored once
+    e2 = p[p.epoch == 2]
+    assert (e2.kind == "grad").sum() == 6
+    sites = e2[e2.kind == "grad_site"]
+    assert sorted(sites[sites.name == "net.4.weight"].site) == ["net.4", "net.7"]
+    assert list(sites[sites.name == "net.1.weight"].site) == ["net.1"]
+    assert sorted(pd.read_parquet(tmp_path / "r" / "activations").epoch.unique()) == [0, 2, 4, 5]
+
+
+def test_grad_is_epoch_mean_and_sites_match_untied_twin(make_cfg, tmp_path):
+    """One full-batch step per epoch: the stored grad and per-site grads at epoch 1 must equal
+    an independent computation on an untied twin built from the epoch-0 tensors."""
+    cfg = make_cfg("sharing=all_hidden", "trainer.epochs=1", "data.batch_size=600")
+    run(cfg, tmp_path / "r")
+    init = {t["name"]: torch.from_numpy(t["array"]) for t in snapshot.read_tensors(tmp_path / "r", epoch=0)}
+    twin, _ = build(make_cfg("sharing=none"))
+    with torch.no_grad():
+        for name, p in twin.named_parameters():
+            p.copy_(init[name.replace("net.7.", "net.4.")])
+    from runner.data import load
+    ds = load(cfg.data.root, None)
+    torch.nn.functional.cross_entropy(twin(ds.train_x), ds.train_y).backward()
+    stored = {(t["name"], t["kind"], t["site"]): t["array"] for t in snapshot.read_tensors(tmp_path / "r", epoch=1)}
+    for leaf in ("weight", "bias"):
+        g4, g7 = (twin.net[i].get_parameter(leaf).grad.numpy() for i in (4, 7))
+        np.testing.assert_allclose(stored[(f"net.4.{leaf}", "grad_site", "net.4")], g4, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(stored[(f"net.4.{leaf}", "grad_site", "net.7")], g7, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(stored[(f"net.4.{leaf}", "grad", None)], g4 + g7, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(stored[("net.1.weight", "grad", None)], twin.net[1].weight.grad.numpy(),
+                               rtol=1e-4, atol=1e-7)
+
+
+def test_sites_sum_to_grad_every_epoch_and_last_values_exact(make_cfg, tmp_path):
+    info, model = train(make_cfg("sharing=all_hidden", "trainer.epochs=3", "model.dropout=0.2"), tmp_path / "r")
+    tensors = snapshot.read_tensors(tmp_path / "r")
+    for epoch in (1, 2, 3):
+        rows = [t for t in tensors if t["epoch"] == epoch]
+        for name in ("net.4.weight", "net.4.bias"):
+            grad = next(t["array"] for t in rows if t["name"] == name and t["kind"] == "grad")
+            sites = [t["array"] for t in rows if t["name"] == name and t["kind"] == "grad_site"]
+            assert len(sites) == 2
+            np.testing.assert_allclose(sites[0] + sites[1], grad, rtol=1e-5, atol=1e-8)
+    last = {t["name"]: t["array"] for t in tensors if t["epoch"] == 3 and t["kind"] == "value"}
+    for name, p in model.named_parameters():
+        assert np.array_equal(last[name], p.detach().numpy()), name
+        assert last[name].shape == tuple(p.shape)
+
+
+def test_row_statistics_match_numpy(make_cfg, tmp_path):
+    run(make_cfg("trainer.epochs=1", "model.hidden=[16,16]"), tmp_path / "r")
+    p = snapshot.read_params(tmp_path / "r")
+    tensors = snapshot.read_tensors(tmp_path / "r")
+    for t in tensors:
+        row = p[(p.epoch == t["epoch"]) & (p.name == t["name"]) & (p.kind == t["kind"])].iloc[0]
+        a = t["array"].astype(np.float64).ravel()
+        assert row.numel == a.size and list(row["shape"]) == list(t["array"].shape)
+        np.testing.assert_allclose([row["mean"], row["std"], row["norm"], row["min"], row["max"]],
+                                   [a.mean(), a.std(), np.sqrt((a * a).sum()), a.min(), a.max()], rtol=1e-5, atol=1e-9)
+        assert row.frac_zero == (a == 0).mean() and row.n_nonfinite == 0
+        counts = np.asarray(row.hist_counts)
+        assert len(counts) == 64 and counts.sum() == a.size
+        expect, _ = np.histogram(a, bins=np.asarray(row.hist_edges))
+        assert np.abs(expect - counts).sum() <= 2  # bin-edge rounding only
+        assert a.min() <= row.q01 <= row.q50 <= row.q99 <= a.max()
+
+
+def test_nonfinite_counted_not_crash():
+    t = torch.tensor([1.0, float("nan"), float("inf"), 3.0])
+    s = snapshot.tensor_stats([t, torch.zeros(3)], bins=4)
+    assert s["n_nonfinite"].tolist() == [2, 0]
+    assert s["mean"][0] == 2.0 and s["min"][0] == 1.0 and s["max"][0] == 3.0
+    assert s["frac_zero"][1] == 1.0 and s["hist_counts"][1].sum() == 3
+
+
+def test_activation_stats_seed_formula(make_cfg, tmp_path):
+    info, model = train(make_cfg("trainer.epochs=1"), tmp_path / "r")
+    acts = snapshot.read_activations(tmp_path / "r")
+    last = acts[acts.epoch == 1].set_index("layer")
+    from runner.data import load
+    x = load(make_cfg().data.root, None).test_x[:512]
+    model.eval()
+    with torch.no_grad():
+        a = model.net[:3](x)  # output of the first hidden layer's activation (net.2)
+    var = ((a - a.mean(0, keepdim=True)) ** 2).mean().item()
+    assert last.loc["net.2", "var"] == pytest.approx(var, rel=1e-5)
+    assert last.loc["net.2", "frac_dead"] == pytest.approx((a == 0).all(0).float().mean().item())
+    assert list(last.index) == ["net.2", "net.5", "net.8"]
+
+
+def test_plain_parquet_read_by_duckdb_and_pandas(make_cfg, tmp_path):
+    import duckdb
+    run(make_cfg("sharing=all_hidden", "trainer.epochs=2"), tmp_path / "r")
+    for table in ("metrics", "params", "tensors", "activations"):
+        folder = tmp_path / "r" / table
+        n_pandas = len(pd.read_parquet(folder))
+        n_duck = duckdb.sql(f"select count(*) from read_parquet('{folder}/*.parquet')").fetchall()[0][0]
+        assert n_pandas == n_duck > 0
+    site = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/r/params/*.parquet') "
+                      "where kind = 'grad_site' and name = 'net.4.weight'").fetchall()[0][0]
+    assert site == 4  # 2 sites x 2 epochs
+
+
+def test_tensors_off(make_cfg, tmp_path):
+    run(make_cfg("snapshot.tensors=false", "trainer.epochs=1"), tmp_path / "r")
+    assert not (tmp_path / "r" / "tensors").exists() or not list((tmp_path / "r" / "tensors").iterdir())
+    assert len(snapshot.read_params(tmp_path / "r")) > 0
+
+
+def test_disk_full_fails_cleanly_and_keeps_earlier_epochs(make_cfg, tmp_path, monkeypatch):
+    real = snapshot.write_table
+
+    def flaky(run_dir, table, epoch, columns):
+        if epoch == 2 and table == "params":
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir))
+        return real(run_dir, table, epoch, columns)
+
+    monkeypatch.setattr(snapshot, "write_table", flaky)
+    with pytest.raises(OSError):
+        run(make_cfg("trainer.epochs=3"), tmp_path / "r")
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["status"] == "failed" and info["epochs_completed"] == 1
+    assert info["error"].startswith("OSError: No space left on device")
+    assert sorted(snapshot.read_params(tmp_path / "r").epoch.unique()) == [0, 1]
+    assert not [f for f in (tmp_path / "r" / "params").iterdir() if f.name.startswith(".")]
+
+
+def test_sigkill_mid_run_leaves_whole_files(data_root, tmp_path):
+    import subprocess
+    import sys
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "runner.train", f"data.root={data_root}", "trainer.epochs=400",
+                             "trainer.progress=false", "device=cpu", f"hydra.run.dir={run_dir}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while not (run_dir / "metrics" / "epoch-0004.parquet").exists():
+            assert proc.poll() is None and time.time() < deadline, "training did not get going"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "running"
+    for table in ("metrics", "params", "tensors", "activations"):
+        files = list((run_dir / table).iterdir())
+        visible = [f for f in files if not f.name.startswith(".")]
+        assert all(f.name.startswith("epoch-") and f.suffix == ".parquet" for f in visible)
+        pd.read_parquet(run_dir / table)  # every visible file is whole
+    n_metrics = len(list((run_dir / "metrics").glob("epoch-*.parquet")))
+    assert info["epochs_completed"] <= n_metrics <= info["epochs_completed"] + 1
+    assert info["epochs_completed"] >= 3
