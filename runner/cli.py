@@ -13,7 +13,11 @@ import sys
 from pathlib import Path
 from typing import List, Tuple
 
-from .config import UserError
+from .config import UserError, register_configs
+from .paths import register_resolvers
+
+register_resolvers()
+register_configs()
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # Flags after which Hydra prints something instead of running: nothing to check.
@@ -156,4 +160,8 @@ def guard(command: str, argv: List[str] | None = None) -> None:
         except Exception as e:
             fail(describe_hydra_error(e) + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
     if multirun:
+        from .paths import sweep_dir
+
         os.environ["PARAMLAB_SWEEP_TOTAL"] = str(len(jobs))
+        command = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+        os.environ["PARAMLAB_SWEEP_DIR"] = sweep_dir(base.sweep.resume, command)

@@ -248,7 +248,7 @@ def _task(cfg: DictConfig) -> Optional[dict]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .sweep import completed_with_same_config, job_threads
+    from .sweep import completed_with_same_config, job_threads, progress
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -278,8 +278,9 @@ def _task(cfg: DictConfig) -> Optional[dict]:
         sys.exit(1)
     final = info.get("final") or {}
     acc = f"val_acc={final['val_acc']:.4f}" if final else "no completed epoch"
+    done = f" [{progress(run_dir.parent)}]" if multirun else ""
     print(f"paramlab: {info['status']} {label}: {acc}, {info['epochs_completed']}/{info['epochs']} epochs, "
-          f"{info['wall_time_s']:.1f} s", flush=True)
+          f"{info['wall_time_s']:.1f} s{done}", flush=True)
     if info["status"] != "completed" and not multirun:
         print(f"paramlab: run {info['status']}: {info['error']}", file=sys.stderr, flush=True)
     return info

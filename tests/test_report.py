@@ -1,0 +1,98 @@
+"""The report: built from runs produced by real (tiny) training, including a diverged, a
+failed and a killed run; every figure present, every <img> a real PNG, strings escaped."""
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runner import report
+from runner.train import run
+
+EVIL = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def runs_tree(tmp_path_factory, data_root):
+    from hydra import compose, initialize_config_dir
+    from conftest import CONF
+
+    root = tmp_path_factory.mktemp("tree")
+
+    def cfg(*o):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            return compose(config_name="config", overrides=[f"data.root={data_root}", "trainer.progress=false",
+                                                            "device=cpu", "data.batch_size=64", "trainer.epochs=3",
+                                                            *o])
+    run(cfg("sharing=all_hidden", "optim.lr=0.1"), root / "tied_lr0.1")
+    run(cfg("sharing=none", "optim.lr=0.1"), root / "untied_lr0.1")
+    run(cfg("sharing=all_hidden", "optim.lr=0.05"), root / "tied_lr0.05")
+    run(cfg("sharing=none", "optim.lr=10000"), root / "diverged")
+    # killed: a completed run cut back to what a SIGKILL after epoch 1 leaves
+    shutil.copytree(root / "untied_lr0.1", root / EVIL)
+    info = json.loads((root / EVIL / "run.json").read_text())
+    info.update(status="running", epochs_completed=1, run_id=EVIL)
+    info["config"]["optim"]["lr"] = 0.2
+    (root / EVIL / "run.json").write_text(json.dumps(info))
+    for table in ("metrics", "params", "tensors", "activations"):
+        for f in (root / EVIL / table).glob("epoch-000[23].parquet"):
+            f.unlink()
+    # failed before any epoch
+    (root / "failed").mkdir()
+    (root / "failed" / "run.json").write_text(json.dumps(
+        {"status": "failed", "error": "OSError: No space left on device", "config": info["config"],
+         "epochs_completed": 0, "run_id": "failed"}))
+    return root
+
+
+def test_report_has_every_figure_and_statuses(runs_tree, tmp_path):
+    out = tmp_path / "rep"
+    html_path = report.build_report([runs_tree], out)
+    text = html_path.read_text()
+    imgs = re.findall(r'<img src="([^"]+)"', text)
+    assert sorted(imgs) == sorted(f"{k}.png" for k in
+                                  ("curves", "sharing", "grid", "param_evolution", "grads", "histograms", "activations"))
+    for img in imgs:
+        data = (out / img).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    table = pd.read_csv(out / "runs.csv")
+    assert len(table) == 6 == len(pd.read_parquet(out / "runs.parquet"))
+    assert sorted(table.status) == ["completed", "completed", "completed", "diverged", "failed", "incomplete"]
+    assert text.count("<tr>") == 1 + 6
+    assert "through net.7" not in text  # site legends live in the PNG, the HTML notes what they mean
+    assert "call site" in text
+
+
+def test_report_escapes_names(runs_tree, tmp_path):
+    text = report.build_report([runs_tree], tmp_path / "rep").read_text()
+    assert EVIL not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text
+
+
+def test_labels_are_the_differing_config_values(runs_tree):
+    runs = report.load_runs([runs_tree / "tied_lr0.1", runs_tree / "untied_lr0.1"])
+    assert sorted(r.label for r in runs) == ["sharing=all_hidden", "sharing=none"]
+    assert report.varying_keys(runs) == ["sharing.name"]
+
+
+def test_report_cli_single_run_default_out(runs_tree, tmp_path):
+    from conftest import run_cli
+    target = tmp_path / "one"
+    shutil.copytree(runs_tree / "tied_lr0.1", target)
+    r = run_cli("-m", "runner.report", str(target))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith(str(target / "report" / "report.html"))
+    assert (target / "report" / "curves.png").is_file()
+    r = run_cli("-m", "runner.report", str(tmp_path / "nothing_here"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_report_imports_no_torch(runs_tree, tmp_path):
+    from conftest import run_cli
+    code = ("import sys, runner.report as r; r.build_report([sys.argv[1]], sys.argv[2]); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    r = run_cli("-c", code, str(runs_tree), str(tmp_path / "x"))
+    assert r.returncode == 0, r.stderr
