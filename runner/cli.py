@@ -8,6 +8,7 @@ meta device to find tie and init mistakes.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -85,7 +86,7 @@ def _compose(overrides: List[str]):
 
 
 def expand_jobs(overrides: List[str], multirun: bool) -> Tuple[bool, List[List[str]], object]:
-    """(is_multirun, job override lists, first config) the way Hydra's basic sweeper expands them."""
+    """(is_multirun, job override lists, first config, swept keys) as Hydra's basic sweeper expands them."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -96,11 +97,13 @@ def expand_jobs(overrides: List[str], multirun: bool) -> Tuple[bool, List[List[s
     base = _compose(first_values)
     multirun = multirun or str(base.hydra.mode) == "RunMode.MULTIRUN" or str(base.hydra.mode) == "MULTIRUN"
     if not multirun:
-        return False, [overrides], base
+        return False, [overrides], base, []
     params = base.hydra.sweeper.get("params") or {}
     preset = [f"{k}={v}" for k, v in params.items()]
-    jobs = BasicSweeper.split_arguments(parser.parse_overrides(preset + overrides), None)[0]
-    return True, [list(j) for j in jobs], base
+    parsed = parser.parse_overrides(preset + overrides)
+    swept = sorted({o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()})
+    jobs = BasicSweeper.split_arguments(parsed, None)[0]
+    return True, [list(j) for j in jobs], base, swept
 
 
 def _first_value(o) -> str:
@@ -137,7 +140,7 @@ def guard(command: str, argv: List[str] | None = None) -> None:
     if skip:
         return
     try:
-        multirun, jobs, base = expand_jobs(overrides, multirun)
+        multirun, jobs, base, swept = expand_jobs(overrides, multirun)
     except UserError as e:
         fail(str(e))
     except Exception as e:  # Hydra / OmegaConf composition errors
@@ -163,5 +166,6 @@ def guard(command: str, argv: List[str] | None = None) -> None:
         from .paths import sweep_dir
 
         os.environ["PARAMLAB_SWEEP_TOTAL"] = str(len(jobs))
+        os.environ["PARAMLAB_SWEEP_KEYS"] = json.dumps(swept)
         command = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
         os.environ["PARAMLAB_SWEEP_DIR"] = sweep_dir(base.sweep.resume, command)

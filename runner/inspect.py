@@ -51,7 +51,10 @@ def main() -> None:
     guard("inspect")
     # A single "run" that writes nothing: no output directory, no .hydra folder.
     sys.argv += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/hydra_logging=none"]
-    hydra.main(version_base="1.3", config_path="../conf", config_name="config")(_task)()
+    from .cli import CONF_DIR
+
+    # An absolute path: works for `python -m`, console scripts and `python -c` alike.
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(_task)()
 
 
 if __name__ == "__main__":

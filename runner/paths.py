@@ -5,17 +5,19 @@
 - `${paramlab_sweep_dir:${sweep.resume},${hydra.overrides.task}}`: the sweep directory,
   `outputs/multirun/<readable slug>-<hash of the command's overrides>`, so the same command
   finds its earlier sweep and a different command never shares one; `sweep.resume=PATH` wins.
-- `${paramlab_job_dir:${hydra.job.override_dirname}}`: a job's directory inside the sweep,
-  named by its overrides (made filesystem-safe).
+- `${paramlab_job_dir:${hydra.overrides.task}}`: a job's directory inside the sweep, named by
+  its values of the swept keys (made filesystem-safe).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 
 SWEEP_ROOT = "outputs/multirun"
 _UNSAFE = re.compile(r"[^A-Za-z0-9=.,_+\-\[\]]+")
+_CLI_UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]+")
 
 
 def slug(text: str, max_len: int = 80) -> str:
@@ -34,11 +36,22 @@ def sweep_dir(resume, task_overrides) -> str:
         return os.environ["PARAMLAB_SWEEP_DIR"]
     overrides = sorted(str(o) for o in (task_overrides or []) if not str(o).startswith("sweep.resume="))
     digest = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
-    return f"{SWEEP_ROOT}/{slug(','.join(overrides), 60)}-{digest}"
+    # No '=', ',' or brackets: the path must pass as `sweep.resume=PATH` without quoting.
+    readable = "__".join(o.replace("=", "-").replace(",", "+") for o in overrides)
+    return f"{SWEEP_ROOT}/{_CLI_UNSAFE.sub('_', slug(readable, 60)).strip('_') or 'default'}-{digest}"
 
 
-def job_dir(override_dirname) -> str:
-    return slug(str(override_dirname or ""), 150)
+EXCLUDED_FROM_JOB_DIR = ("sweep.resume", "trainer.progress")
+
+
+def job_dir(task_overrides) -> str:
+    """A job's directory: its values of the swept keys (set by runner.cli.guard), e.g.
+    `optim.lr=0.1,sharing=none`; without that, all its overrides."""
+    items = sorted(str(o) for o in (task_overrides or []))
+    key = lambda o: o.split("=", 1)[0].lstrip("+~")  # noqa: E731
+    swept = set(json.loads(os.environ.get("PARAMLAB_SWEEP_KEYS") or "[]"))
+    chosen = [o for o in items if key(o) in swept] or [o for o in items if key(o) not in EXCLUDED_FROM_JOB_DIR]
+    return slug(",".join(chosen), 150)
 
 
 def register_resolvers() -> None:

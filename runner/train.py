@@ -293,7 +293,10 @@ def main() -> None:
     from .sweep import sweep_exit_code
 
     guard("train")
-    hydra.main(version_base="1.3", config_path="../conf", config_name="config")(_task)()
+    from .cli import CONF_DIR
+
+    # An absolute path: works for `python -m`, console scripts and `python -c` alike.
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(_task)()
     sys.exit(sweep_exit_code())
 
 

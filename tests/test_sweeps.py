@@ -1,0 +1,103 @@
+"""Sweeps: distinct run dirs + sweep.json, failure isolation and exit code, resume skipping
+completed jobs, the joblib launcher, presets, sweep directory naming."""
+import json
+from pathlib import Path
+
+import pytest
+
+from runner.paths import sweep_dir
+from runner.sweep import job_runs
+
+from conftest import CONF, run_cli
+
+FAULT = """
+import errno, sys
+from runner import snapshot
+real = snapshot.write_table
+def flaky(run_dir, table, epoch, columns):
+    if 'optim.lr=0.1,sharing=none' in str(run_dir) and epoch == 1:
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    return real(run_dir, table, epoch, columns)
+snapshot.write_table = flaky
+from runner.train import main
+sys.argv = ['runner.train'] + sys.argv[1:]
+main()
+"""
+
+
+def test_sweep_isolates_failures_and_resumes(tmp_path, data_root):
+    args = ["-m", "optim.lr=0.1,10000", "sharing=none,all_hidden", f"data.root={data_root}",
+            "trainer.epochs=2", "data.batch_size=64", "trainer.progress=false", "device=cpu"]
+    r = run_cli("-c", FAULT, *args, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr  # one job failed
+    sweeps = list((tmp_path / "outputs" / "multirun").iterdir())
+    assert len(sweeps) == 1
+    sweep = sweeps[0]
+    statuses = {j["dir"]: j["status"] for j in json.loads((sweep / "sweep.json").read_text())["jobs"]}
+    assert statuses == {"optim.lr=0.1,sharing=all_hidden": "completed", "optim.lr=0.1,sharing=none": "failed",
+                        "optim.lr=10000,sharing=all_hidden": "diverged", "optim.lr=10000,sharing=none": "diverged"}
+    failed = json.loads((sweep / "optim.lr=0.1,sharing=none" / "run.json").read_text())
+    assert failed["error"] == "OSError: No space left on device"
+    assert "4/4 done" in r.stdout
+
+    # Same command again (no fault): the completed job is skipped, the others re-run.
+    r = run_cli("-m", "runner.train", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("paramlab: skip ") == 1 and "skip optim.lr=0.1,sharing=all_hidden" in r.stdout
+    assert list((tmp_path / "outputs" / "multirun").iterdir()) == [sweep]
+    statuses = {j["_dir"]: j["status"] for j in job_runs(sweep)}
+    assert statuses["optim.lr=0.1,sharing=none"] == "completed"
+
+    # A killed job (run.json still `running`) is re-run; the completed ones are skipped.
+    info_path = sweep / "optim.lr=0.1,sharing=none" / "run.json"
+    info = json.loads(info_path.read_text())
+    info["status"] = "running"
+    info_path.write_text(json.dumps(info))
+    r = run_cli("-m", "runner.train", *args, f"sweep.resume={sweep}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("paramlab: skip ") == 1 and "skip optim.lr=0.1,sharing=all_hidden" in r.stdout
+    assert json.loads(info_path.read_text())["status"] == "completed"
+    assert "start optim.lr=0.1,sharing=none" in r.stdout
+
+
+def test_joblib_launcher_runs_jobs_in_parallel(tmp_path, data_root):
+    r = run_cli("-m", "runner.train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
+                f"data.root={data_root}", "trainer.epochs=1", "trainer.progress=false", "device=cpu",
+                f"hydra.sweep.dir={tmp_path / 'par'}", cwd=tmp_path, timeout=240)
+    assert r.returncode == 0, r.stderr
+    runs = job_runs(tmp_path / "par")
+    assert sorted(j["_dir"] for j in runs) == ["seed=1", "seed=2"]
+    assert all(j["status"] == "completed" and j["threads"] == 1 for j in runs)
+
+
+def test_sweep_dir_names():
+    a = sweep_dir(None, ["optim.lr=0.1,0.2", "sharing=none,all_hidden"])
+    assert a == sweep_dir(None, ["sharing=none,all_hidden", "optim.lr=0.1,0.2"])  # same grid, same dir
+    assert a != sweep_dir(None, ["optim.lr=0.1,0.3", "sharing=none,all_hidden"])
+    assert a.startswith("outputs/multirun/optim.lr-0.1+0.2__sharing-none+all_hidden-")
+    assert sweep_dir("/x/y", ["a=1"]) == "/x/y"
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_slurm", "submitit_local"])
+def test_launcher_configs_compose(launcher):
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()
+
+
+def test_every_yaml_composes():
+    """Every option of every config group and every preset composes and validates."""
+    from hydra import compose, initialize_config_dir
+    from runner.config import check_schema, validate
+    root = Path(CONF)
+    overrides = [[f"{p.parent.name}={p.stem}"] for p in sorted(root.glob("*/*.yaml"))
+                 if p.parent.name != "experiment"]
+    overrides += [[f"experiment={p.stem}"] for p in sorted((root.parent / "experiments").glob("*.yaml"))]
+    overrides += [["sharing=groups", "model=mlp"]]
+    assert len(overrides) >= 18
+    for o in overrides:
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=o)
+        check_schema(cfg)
+        validate(cfg)
