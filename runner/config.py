@@ -85,6 +85,7 @@ class TrainerConfig:
 
 @dataclass
 class SnapshotConfig:
+    enabled: bool = True          # false: no params/, tensors/, activations/ (metrics only)
     tensors: bool = True
     every: int = 1
     hist_bins: int = 64

@@ -56,13 +56,12 @@ def build(cfg, device=None):
 
 
 def make_optimizer(cfg, params):
-    import torch
+    from .optim import SGD, Adam
 
     o = cfg.optim
     if o.name == "sgd":
-        # foreach=True: one fused kernel list instead of a Python loop per parameter.
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
-    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, foreach=True)
+        return SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return Adam(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
 _DATA_CACHE: dict = {}
@@ -129,7 +128,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
     snapshot.write_json(json_path, info)
 
     n_act = min(cfg.snapshot.activation_batch, int(dataset.test_y.shape[0]))
-    recorder = Recorder(model, tie_map, cfg.snapshot, run_dir, dataset.test_x[:n_act])
+    recorder = Recorder(model, tie_map, cfg.snapshot, run_dir, dataset.test_x[:n_act]) \
+        if cfg.snapshot.enabled else None
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     x_all, y_all, n = dataset.train_x, dataset.train_y, dataset.n_train
     bs, epochs, every = int(cfg.data.batch_size), int(cfg.trainer.epochs), int(cfg.snapshot.every)
@@ -141,11 +141,13 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
     bar = tqdm(range(1, epochs + 1), desc=run_dir.name[:40], unit="epoch", leave=False,
                disable=None if cfg.trainer.progress else True, file=sys.stderr)
     try:
-        recorder.snapshot(0, with_grads=False)
+        if recorder:
+            recorder.snapshot(0, with_grads=False)
         for epoch in bar:
             t_epoch = time.perf_counter()
             model.train()
-            recorder.reset()
+            if recorder:
+                recorder.reset()
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
             bad = torch.zeros((), dtype=torch.bool, device=device)
@@ -165,7 +167,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
                     bad |= step_bad
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                recorder.accumulate()                      # grads captured before the step
+                if recorder:
+                    recorder.accumulate()                  # grads captured before the step
                 optimizer.step()
                 loss_sum += loss.detach().double() * y.shape[0]
                 correct += (logits.argmax(1) == y).sum()
@@ -178,7 +181,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
             snapshot.write_table(run_dir, "metrics", epoch, {
                 "epoch": [epoch] * 4, "split": ["train", "train", "val", "val"],
                 "metric": ["loss", "acc", "loss", "acc"], "value": [train_loss, train_acc, val_loss, val_acc]})
-            if epoch % every == 0 or epoch == epochs:
+            if recorder and (epoch % every == 0 or epoch == epochs):
                 recorder.snapshot(epoch, with_grads=True)
             info["epochs_completed"] = epoch
             info["final"] = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
@@ -198,7 +201,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
         raise
     finally:
         bar.close()
-        recorder.close()
+        if recorder:
+            recorder.close()
     _finish(info, json_path, start)
     return info, model
 
