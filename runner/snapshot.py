@@ -171,67 +171,59 @@ def read_tensors(run_dir, epoch: Optional[int] = None, name: Optional[str] = Non
 # --------------------------------------------------------------------------- statistics
 
 def tensor_stats(tensors: Sequence["torch.Tensor"], bins: int = 64, sample: int = 4096) -> Dict[str, np.ndarray]:
-    """Statistics of many tensors in a few batched ops on their device, then one copy to the host.
+    """Statistics of many tensors, computed on their device with a fixed handful of whole-tensor
+    reductions each (no per-element Python), one host sync for the histogram ranges, and one
+    copy of all results to the host at the end.
 
-    All tensors are flattened into one vector with a segment id per element; every statistic
-    is a segment reduction (index_add / scatter_reduce / bincount). Non-finite elements are
-    counted in n_nonfinite and left out of the other statistics. std is the population std.
-    Quantiles are exact on a bounded, evenly strided sample of each tensor (`sample` elements).
+    Non-finite elements are counted in n_nonfinite and left out of every other statistic.
+    std is the population std. The histogram has `bins` equal bins between the tensor's finite
+    min and max (min == max: one unit wide). Quantiles are exact on an evenly strided sample of
+    `sample` elements of each tensor (every element, when the tensor is smaller).
     """
     import torch
 
-    n = len(tensors)
-    device = tensors[0].device
-    numels = torch.tensor([t.numel() for t in tensors], device=device)
-    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])          # (sum numel,)
-    seg = torch.repeat_interleave(torch.arange(n, device=device), numels)        # (sum numel,)
-    finite = torch.isfinite(flat)
-    x = torch.where(finite, flat, 0.0).double()
+    flats = [t.detach().reshape(-1).float() for t in tensors]
+    device = flats[0].device
+    # Pass 1 (batched): finite counts and ranges, fetched together in one sync.
+    n_finite = torch.stack([torch.isfinite(f).sum() for f in flats])
+    numels = torch.tensor([f.numel() for f in flats], device=device)
+    has_bad = (n_finite != numels).tolist()
+    flats = [f[torch.isfinite(f)] if bad else f for f, bad in zip(flats, has_bad)]
+    empty = torch.full((2,), float("nan"), device=device)
+    ranges = torch.stack([torch.stack(torch.aminmax(f)) if f.numel() else empty for f in flats])  # (n, 2)
+    lo_hi = ranges.tolist()
 
-    def seg_sum(v):
-        return torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, seg, v)
+    rows, hists, samples = [], [], []
+    q_index = torch.arange(sample, device=device)
+    for f, (lo, hi) in zip(flats, lo_hi):
+        if f.numel() == 0:
+            rows.append(torch.full((4,), float("nan"), dtype=torch.float64, device=device))
+            hists.append(torch.zeros(bins, device=device))
+            samples.append(torch.full((sample,), float("nan"), device=device))
+            continue
+        var, mean = torch.var_mean(f, correction=0)
+        rows.append(torch.stack([mean.double(), var.double().sqrt(), torch.linalg.vector_norm(f).double(),
+                                 (f == 0).sum().double()]))
+        if not hi > lo:
+            hi = lo + 1.0
+        hists.append(torch.histc(f, bins=bins, min=lo, max=hi))
+        samples.append(f[(q_index * f.numel()) // sample])
+    stats = torch.stack(rows)                                                  # (n, 4)
+    q = torch.quantile(torch.stack(samples), torch.tensor(QUANTILES, device=device), dim=1)  # (len(Q), n)
+    host = torch.cat([stats, q.t().double(), ranges.double(), numels[:, None].double()], dim=1).cpu().numpy()
+    hist = torch.stack(hists).cpu().numpy().astype(np.int64)
 
-    count = seg_sum(finite.double())
-    mean = seg_sum(x) / count
-    var = seg_sum(torch.where(finite, x - mean[seg], 0.0) ** 2) / count
-    norm = seg_sum(x * x).sqrt()
-    big = torch.tensor(float("inf"), device=device)
-    vmin = torch.full((n,), float("inf"), device=device).scatter_reduce_(
-        0, seg, torch.where(finite, flat, big), "amin")
-    vmax = torch.full((n,), float("-inf"), device=device).scatter_reduce_(
-        0, seg, torch.where(finite, flat, -big), "amax")
-    frac_zero = seg_sum((flat == 0).double()) / numels.clamp(min=1)
-    n_nonfinite = numels - count.long()
-
-    # Histogram: `bins` equal bins between each tensor's finite min and max.
-    lo = torch.where(torch.isfinite(vmin), vmin, 0.0)
-    hi = torch.where(torch.isfinite(vmax), vmax, 0.0)
-    width = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-    b = ((flat - lo[seg]) / width[seg] * bins).floor().clamp_(0, bins - 1).long()
-    counts = torch.bincount((seg * bins + b)[finite], minlength=n * bins).view(n, bins)
-    steps = torch.linspace(0, 1, bins + 1, device=device, dtype=torch.float64)
-    edges = lo.double()[:, None] + (hi - lo).double()[:, None] * steps[None, :]   # (n, bins + 1)
-
-    # Quantiles on a strided sample: element i*numel//S of each tensor, i < S.
-    s = max(1, min(sample, int(numels.max())))
-    starts = torch.cumsum(numels, 0) - numels
-    idx = starts[:, None] + (torch.arange(s, device=device)[None, :] * numels[:, None]) // s
-    sampled = torch.where(finite, flat, float("nan"))[idx.clamp(max=flat.numel() - 1)]
-    q = torch.nanquantile(sampled, torch.tensor(QUANTILES, device=device), dim=1)  # (len(Q), n)
-
-    host = torch.cat([torch.stack([mean, var.sqrt(), norm, vmin.double(), vmax.double(), frac_zero,
-                                   n_nonfinite.double(), numels.double()]),
-                      q.double()]).cpu().numpy()
-    out = {k: host[i] for i, k in enumerate(["mean", "std", "norm", "min", "max", "frac_zero",
-                                             "n_nonfinite", "numel"])}
+    k = 4 + len(QUANTILES)  # columns of `host`: 4 stats, the quantiles, lo, hi, numel
+    numel = host[:, k + 2].astype(np.int64)
+    lo, hi = host[:, k], host[:, k + 1]
+    top = np.where(hi > lo, hi, lo + 1.0)
+    out = {"mean": host[:, 0], "std": host[:, 1], "norm": host[:, 2], "min": lo, "max": hi,
+           "frac_zero": host[:, 3] / np.maximum(numel, 1), "numel": numel,
+           "n_nonfinite": numel - n_finite.cpu().numpy().astype(np.int64)}
     for j, c in enumerate(QUANTILE_COLUMNS):
-        out[c] = host[8 + j]
-    out["n_nonfinite"] = out["n_nonfinite"].astype(np.int64)
-    out["numel"] = out["numel"].astype(np.int64)
-    for k in ("min", "max"):  # no finite element: report NaN rather than +-inf
-        out[k] = np.where(np.isfinite(out[k]), out[k], np.nan)
-    out["hist_counts"] = counts.cpu().numpy()
-    out["hist_edges"] = edges.cpu().numpy()
+        out[c] = host[:, 4 + j]
+    out["hist_counts"] = hist
+    out["hist_edges"] = lo[:, None] + (top - lo)[:, None] * np.linspace(0.0, 1.0, bins + 1)[None, :]
     return out
 
 
