@@ -7,8 +7,8 @@ call site of a shared tensor is a module path of its own and can be told apart.
 
 `named_parameters()` lists a shared tensor once, under its canonical name (the first path),
 and autograd sums every use into its `.grad`. `SiteGradients` splits that sum back into the
-part that flowed through each call site: each tied call site reads its weight through an
-identity view whose gradient hook accumulates into a per-site buffer. The views do not
+part that flowed through each call site: each tied call site reads its weight and bias
+through an identity autograd Function whose backward accumulates into per-site buffers. The views do not
 change any result, and only tied parameters get them (an untied parameter's single site
 *is* its `.grad`).
 """
@@ -179,24 +179,34 @@ class SiteGradients:
         self._restore.clear()
 
 
-def _tap(t: torch.Tensor, acc: torch.Tensor | None) -> torch.Tensor:
-    if acc is None or t is None:
-        return t
-    view = t.view_as(t)  # identity; its grad is this call's contribution only
+class _SiteTap(torch.autograd.Function):
+    """Identity on a call site's parameters; its backward adds the gradient flowing through
+    this call into the site's accumulators and passes it on unchanged. One Function per call
+    (weight and bias together) costs about half of two tensor hooks."""
 
-    def hook(grad: torch.Tensor) -> None:
-        acc.add_(grad)  # returns None: the gradient itself is left unchanged
+    @staticmethod
+    def forward(ctx, accumulators, *params):
+        ctx.accumulators = accumulators
+        return tuple(p.view_as(p) for p in params)
 
-    view.register_hook(hook)
-    return view
+    @staticmethod
+    def backward(ctx, *grads):
+        for acc, g in zip(ctx.accumulators, grads):
+            if acc is not None and g is not None:
+                acc.add_(g)
+        return (None, *grads)
 
 
 def _tapped_linear_forward(module: nn.Linear, taps: Dict[str, torch.Tensor]):
+    accumulators = (taps.get("weight"), taps.get("bias"))
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         weight, bias = module.weight, module.bias
         if torch.is_grad_enabled():
-            weight = _tap(weight, taps.get("weight"))
-            bias = _tap(bias, taps.get("bias"))
+            if bias is None:
+                (weight,) = _SiteTap.apply(accumulators[:1], weight)
+            else:
+                weight, bias = _SiteTap.apply(accumulators, weight, bias)
         return F.linear(x, weight, bias)
 
     return forward

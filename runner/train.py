@@ -148,7 +148,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
             model.train()
             if recorder:
                 recorder.reset()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            loss_sum = 0.0 if check_each_step else torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
             bad = torch.zeros((), dtype=torch.bool, device=device)
             perm = torch.randperm(n, device=device, generator=generator)
@@ -157,20 +157,23 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
                 x, y = x_all[idx], y_all[idx]
                 logits = model(x)                          # (B, 10)
                 loss = F.cross_entropy(logits, y)
-                if limit is None:
-                    limit = loss.detach() * cfg.trainer.diverge_factor
-                step_bad = ~torch.isfinite(loss) | (loss > limit)
-                if check_each_step:
-                    if step_bad:
-                        raise Diverged(f"epoch {epoch} step {step}: loss {loss.item():.4g}")
-                else:
-                    bad |= step_bad
+                if check_each_step:                        # CPU: a float per step is free
+                    value = loss.item()
+                    if limit is None:
+                        limit = value * cfg.trainer.diverge_factor
+                    if not value <= limit:                 # also catches NaN
+                        raise Diverged(f"epoch {epoch} step {step}: loss {value:.4g}")
+                    loss_sum += value * y.shape[0]
+                else:                                      # GPU: stay on the device, check per epoch
+                    if limit is None:
+                        limit = loss.detach() * cfg.trainer.diverge_factor
+                    bad |= ~(loss <= limit)
+                    loss_sum += loss.detach().double() * y.shape[0]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if recorder:
                     recorder.accumulate()                  # grads captured before the step
                 optimizer.step()
-                loss_sum += loss.detach().double() * y.shape[0]
                 correct += (logits.argmax(1) == y).sum()
             if bool(bad):
                 raise Diverged(f"epoch {epoch}: a step's loss was non-finite or above "
