@@ -162,8 +162,8 @@ def _legend(fig, runs: Sequence[Run], extra: Sequence = ()) -> None:
 
 def _layout(fig, bottom_in: float = 0.6, top_in: float = 0.6) -> None:
     """Fixed margins in inches (tight_layout costs a full extra draw per figure)."""
-    h = fig.get_figheight()
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=min(0.5, bottom_in / h), top=1 - top_in / h,
+    h, w = fig.get_figheight(), fig.get_figwidth()
+    fig.subplots_adjust(left=min(0.2, 0.9 / w), right=1 - min(0.1, 0.25 / w), bottom=min(0.5, bottom_in / h), top=1 - top_in / h,
                         hspace=min(0.9, 0.75 / max(h / max(len(fig.axes), 1), 0.3) + 0.35), wspace=0.28)
 
 
@@ -415,11 +415,15 @@ def fig_grid(runs: List[Run], out: Path) -> Optional[str]:
         xs = sorted({_axis_value(r.flat.get(k)) for r in done}, key=lambda v: (isinstance(v, str), v))
         ys = [np.mean([r.final("val_acc") for r in done if _axis_value(r.flat.get(k)) == x]) for x in xs]
         numeric = all(isinstance(x, (int, float)) for x in xs)
-        ax.plot(xs if numeric else range(len(xs)), ys, marker="o")
-        if not numeric:
+        if numeric:
+            ax.plot(xs, ys, marker="o")
+            if min(xs) > 0 and max(xs) / min(xs) >= 100:
+                ax.set_xscale("log")
+        else:  # categories: bars, value on top
+            bars = ax.bar(range(len(xs)), ys, color="tab:blue", width=0.6)
+            ax.bar_label(bars, labels=[f"{y:.4f}" for y in ys], fontsize=9)
             ax.set_xticks(range(len(xs)), [str(x) for x in xs])
-        elif min(xs) > 0 and max(xs) / min(xs) >= 100:
-            ax.set_xscale("log")
+            ax.set_ylim(min(ys) - 0.1 * (max(ys) - min(ys) + 0.01), max(ys) + 0.15 * (max(ys) - min(ys) + 0.01))
         ax.set_xlabel(_short(k))
         ax.set_ylabel("final val accuracy (fraction)")
         ax.set_title(f"Final val accuracy vs {_short(k)}")
@@ -491,7 +495,7 @@ def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
+        return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
     return str(v)
 
 

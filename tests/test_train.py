@@ -120,3 +120,16 @@ def test_real_dataset_shape_and_stats():
     assert ds.n_train == 60000 and ds.test_y.shape[0] == 10000
     assert torch.bincount(ds.train_y).tolist() == [6000] * 10
     assert abs(ds.train_x.mean().item()) < 1e-3 and abs(ds.train_x.std().item() - 1) < 1e-3
+
+
+def test_device_side_loss_path_on_cpu(make_cfg, tmp_path, monkeypatch):
+    """The GPU loop's sync-free bookkeeping (loss sum and divergence flag on the device),
+    exercised on the CPU: same metrics as the per-step path, and divergence still caught."""
+    import runner.train as t
+    a = run(make_cfg("trainer.epochs=2"), tmp_path / "a")
+    monkeypatch.setattr(t, "checks_loss_per_step", lambda device: False)
+    b = run(make_cfg("trainer.epochs=2"), tmp_path / "b")
+    assert b["final"]["train_acc"] == a["final"]["train_acc"]
+    assert b["final"]["train_loss"] == pytest.approx(a["final"]["train_loss"], rel=1e-9)
+    d = run(make_cfg("optim.lr=10000", "trainer.epochs=3"), tmp_path / "d")
+    assert d["status"] == "diverged" and d["diverged"]["epoch"] == d["epochs_completed"] + 1
