@@ -2,7 +2,7 @@
 activation statistics; turned into rows of the `params/`, `tensors/`, `activations/` tables.
 
 The training loop calls `accumulate()` after every backward (before the optimizer step and
-before the next zero_grad) and `snapshot(epoch)` at the end of a snapshot epoch.
+before the next zero_grad) and `snapshot(epoch, ...)` at the end of a snapshot epoch.
 """
 from __future__ import annotations
 
@@ -28,31 +28,30 @@ class Recorder:
         self.params = [named[n] for n in self.names]
         self.grad_sums = [torch.zeros_like(p) for p in self.params]
         self.sites = SiteGradients(model, tie_map)
-        self.steps = 0
 
     # ---------------------------------------------------------------- per step
     def accumulate(self) -> None:
         """Add this step's .grad of every parameter to the epoch's sums (one foreach op)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         torch._foreach_add_(self.grad_sums, grads)
-        self.steps += 1
 
     def reset(self) -> None:
         torch._foreach_zero_(self.grad_sums)
         self.sites.reset()
-        self.steps = 0
 
     def close(self) -> None:
         self.sites.remove()
 
     # ---------------------------------------------------------------- per epoch
     @torch.no_grad()
-    def snapshot(self, epoch: int, with_grads: bool) -> None:
-        """Write params/ (+ tensors/) and activations/ for `epoch` (0 = right after init)."""
+    def snapshot(self, epoch: int, with_grads: bool, steps: int = 1) -> None:
+        """Write params/ (+ tensors/) and activations/ for `epoch` (0 = right after init);
+        `steps`: optimizer steps since reset(), to turn the gradient sums into means. (Counted by
+        the loop, not here: a replayed CUDA graph runs no Python.)"""
         rows = [(n, "value", None, p) for n, p in zip(self.names, self.params)]
         site_rows = []
         if with_grads:
-            scale = 1.0 / max(self.steps, 1)
+            scale = 1.0 / max(steps, 1)
             grads = torch._foreach_mul(self.grad_sums, scale)  # mean over the epoch's steps
             rows += [(n, "grad", None, g) for n, g in zip(self.names, grads)]
             for info, g in zip(self.tie_map.params, grads):

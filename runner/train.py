@@ -7,6 +7,7 @@ epoch 0 and at every `snapshot.every`-th epoch. `main()` is the thin Hydra entry
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import sys
 import time
@@ -133,8 +134,23 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     x_all, y_all, n = dataset.train_x, dataset.train_y, dataset.n_train
     bs, epochs, every = int(cfg.data.batch_size), int(cfg.trainer.epochs), int(cfg.snapshot.every)
-    check_each_step = checks_loss_per_step(device)
-    limit = None  # divergence threshold: diverge_factor x the first step's loss
+    totals = EpochTotals(device, float(cfg.trainer.diverge_factor), per_step=checks_loss_per_step(device))
+
+    def train_step(idx):
+        """One optimizer step on the examples `idx`; nothing here reads back to the host on a GPU."""
+        x, y = x_all[idx], y_all[idx]                     # (B, 1, 28, 28), (B,)
+        logits = model(x)                                  # (B, 10)
+        loss = F.cross_entropy(logits, y)
+        totals.add(loss, logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if recorder:
+            recorder.accumulate()                          # grads captured before the step
+        optimizer.step()
+
+    step_fn = train_step
+    if cfg.trainer.compile and device.type == "cuda":
+        step_fn = CudaGraphStep(train_step, bs, device)
 
     from tqdm import tqdm
 
@@ -148,44 +164,19 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
             model.train()
             if recorder:
                 recorder.reset()
-            loss_sum = 0.0 if check_each_step else torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            bad = torch.zeros((), dtype=torch.bool, device=device)
+            totals.reset()
             perm = torch.randperm(n, device=device, generator=generator)
             for step, i in enumerate(range(0, n, bs)):
-                idx = perm[i:i + bs]
-                x, y = x_all[idx], y_all[idx]
-                logits = model(x)                          # (B, 10)
-                loss = F.cross_entropy(logits, y)
-                if check_each_step:                        # CPU: a float per step is free
-                    value = loss.item()
-                    if limit is None:
-                        limit = value * cfg.trainer.diverge_factor
-                    if not value <= limit:                 # also catches NaN
-                        raise Diverged(f"epoch {epoch} step {step}: loss {value:.4g}")
-                    loss_sum += value * y.shape[0]
-                else:                                      # GPU: stay on the device, check per epoch
-                    if limit is None:
-                        limit = loss.detach() * cfg.trainer.diverge_factor
-                    bad |= ~(loss <= limit)
-                    loss_sum += loss.detach().double() * y.shape[0]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recorder:
-                    recorder.accumulate()                  # grads captured before the step
-                optimizer.step()
-                correct += (logits.argmax(1) == y).sum()
-            if bool(bad):
-                raise Diverged(f"epoch {epoch}: a step's loss was non-finite or above "
-                               f"{cfg.trainer.diverge_factor:g}x the first step's loss")
-            train_loss = float(loss_sum) / n
-            train_acc = int(correct) / n
+                step_fn(perm[i:i + bs])
+                totals.check(epoch, step)                  # CPU: stops at the first bad loss
+            loss_sum, correct = totals.finish(epoch)       # GPU: the epoch's one sync
+            train_loss, train_acc = loss_sum / n, correct / n
             val_loss, val_acc = evaluate(model, dataset.test_x, dataset.test_y, int(cfg.data.eval_batch_size))
             snapshot.write_table(run_dir, "metrics", epoch, {
                 "epoch": [epoch] * 4, "split": ["train", "train", "val", "val"],
                 "metric": ["loss", "acc", "loss", "acc"], "value": [train_loss, train_acc, val_loss, val_acc]})
             if recorder and (epoch % every == 0 or epoch == epochs):
-                recorder.snapshot(epoch, with_grads=True)
+                recorder.snapshot(epoch, with_grads=True, steps=math.ceil(n / bs))
             info["epochs_completed"] = epoch
             info["final"] = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
             info["epoch_times_s"].append(round(time.perf_counter() - t_epoch, 6))
@@ -208,6 +199,94 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
             recorder.close()
     _finish(info, json_path, start)
     return info, model
+
+
+class EpochTotals:
+    """An epoch's train-loss sum, correct count and divergence check.
+
+    On the CPU the loss is read every step (free there), so a diverging run stops at the first
+    bad step. On a GPU everything stays on the device, so the step needs no host sync (and can
+    be captured as a CUDA graph); the sums and the divergence flag are read once per epoch.
+    Divergence: a loss that is non-finite or above `factor` x the first step's loss."""
+
+    def __init__(self, device, factor: float, per_step: bool):
+        import torch
+
+        self.factor, self.per_step = factor, per_step
+        self.limit = None                      # float (CPU) or 0-d tensor (GPU), set by step 1
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.host_loss_sum = 0.0
+        self.last = None
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.bad.zero_()
+        self.host_loss_sum = 0.0
+
+    def add(self, loss, logits, y) -> None:
+        self.correct += (logits.argmax(1) == y).sum()
+        if self.per_step:
+            self.last = loss.item()
+            if self.limit is None:
+                self.limit = self.last * self.factor
+            self.host_loss_sum += self.last * y.shape[0]
+        else:
+            if self.limit is None:
+                self.limit = loss.detach() * self.factor
+            self.bad |= ~(loss.detach() <= self.limit)     # `not <=` also catches NaN
+            self.loss_sum += loss.detach().double() * y.shape[0]
+
+    def check(self, epoch: int, step: int) -> None:
+        if self.per_step and not self.last <= self.limit:
+            raise Diverged(f"epoch {epoch} step {step}: loss {self.last:.4g}")
+
+    def finish(self, epoch: int):
+        if bool(self.bad):
+            raise Diverged(f"epoch {epoch}: a step's loss was non-finite or above {self.factor:g}x the first "
+                           "step's loss")
+        total = self.host_loss_sum if self.per_step else float(self.loss_sum)
+        return total, int(self.correct)
+
+
+class CudaGraphStep:
+    """`trainer.compile=true` on CUDA: the whole training step (gather, forward, loss, backward,
+    gradient capture, optimizer step) recorded once as a CUDA graph and replayed per batch, so a
+    small model is not bound by kernel launches. Only the batch indices are copied in; a last
+    partial batch runs eagerly. The first steps run eagerly on a side stream (warm-up), as
+    graph capture requires."""
+
+    WARMUP = 3
+
+    def __init__(self, step, batch_size: int, device):
+        import torch
+
+        self.step, self.graph, self.warm = step, None, 0
+        self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def __call__(self, idx) -> None:
+        import torch
+
+        if idx.shape[0] != self.idx.shape[0]:
+            self.step(idx)
+        elif self.graph is None and self.warm < self.WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.step(idx)
+            torch.cuda.current_stream().wait_stream(side)
+            self.warm += 1
+        elif self.graph is None:
+            self.idx.copy_(idx)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.step(self.idx)
+            self.graph.replay()  # capturing does not run the step
+        else:
+            self.idx.copy_(idx)
+            self.graph.replay()
 
 
 def checks_loss_per_step(device) -> bool:

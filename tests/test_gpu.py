@@ -38,3 +38,24 @@ def test_gpu_minibatch_run_and_divergence(make_cfg, tmp_path):
     assert info["status"] == "completed" and len(pd.read_parquet(tmp_path / "a" / "metrics")) == 8
     info, _ = train(make_cfg("device=cuda", "optim.lr=10000", "trainer.epochs=3"), tmp_path / "d")
     assert info["status"] == "diverged"
+
+
+def test_cuda_graph_step_matches_eager(make_cfg, tmp_path):
+    over = ("sharing=all_hidden", "trainer.epochs=3", "data.batch_size=64", "model.hidden=[16,16,16]")
+    eager, _ = train(make_cfg(*over, "device=cuda"), tmp_path / "eager")
+    graph, model = train(make_cfg(*over, "device=cuda", "trainer.compile=true"), tmp_path / "graph")
+    assert graph["status"] == "completed"
+    for k in ("train_loss", "val_loss", "val_acc", "train_acc"):
+        assert graph["final"][k] == pytest.approx(eager["final"][k], rel=1e-4, abs=1e-5)
+    pe = snapshot.read_params(tmp_path / "eager").set_index(["epoch", "name", "kind", "site"])
+    pg = snapshot.read_params(tmp_path / "graph").set_index(["epoch", "name", "kind", "site"])
+    np.testing.assert_allclose(pg["norm"].to_numpy(), pe["norm"].to_numpy(), rtol=1e-3, atol=1e-7)
+    tensors = snapshot.read_tensors(tmp_path / "graph", epoch=3)
+    grad = next(t["array"] for t in tensors if t["name"] == "net.4.weight" and t["kind"] == "grad")
+    sites = [t["array"] for t in tensors if t["name"] == "net.4.weight" and t["kind"] == "grad_site"]
+    np.testing.assert_allclose(sum(sites), grad, rtol=1e-5, atol=1e-7)
+    values = {t["name"]: t["array"] for t in tensors if t["kind"] == "value"}
+    for name, p in model.named_parameters():
+        assert np.array_equal(values[name], p.detach().cpu().numpy())
+    d, _ = train(make_cfg("device=cuda", "trainer.compile=true", "optim.lr=10000", "trainer.epochs=3"), tmp_path / "d")
+    assert d["status"] == "diverged"
