@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import List, Tuple
 
+from omegaconf import OmegaConf
+
 from .config import UserError, register_configs
 from .paths import register_resolvers
 
@@ -28,6 +30,7 @@ _UNSUPPORTED = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", 
 
 
 def fail(message: str, code: int = 2) -> None:
+    message = " ".join(str(message).split())  # always one line
     print(f"paramlab: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
@@ -133,6 +136,17 @@ def check_job(cfg, checked_data: dict, need_data: bool = True) -> None:
     build(cfg, device="meta")
 
 
+def check_writable(key: str, path: str) -> None:
+    """The run/sweep directory can be created: its nearest existing ancestor is a writable folder."""
+    p = Path(path).absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"{key}={path}: cannot create it, {p} is not a directory; choose another path")
+    if not os.access(p, os.W_OK):
+        raise UserError(f"{key}={path}: cannot create it, {p} is not writable; choose another path")
+
+
 def guard(command: str, argv: List[str] | None = None) -> None:
     """Check the command line; exit 2 with one line on the first user mistake."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -153,15 +167,21 @@ def guard(command: str, argv: List[str] | None = None) -> None:
         if not (resume / "sweep.json").is_file():
             fail(f"sweep.resume={str(resume)!r} is not a sweep directory (no sweep.json in it); "
                  "give a directory an earlier `-m` command wrote")
+    if command == "train":
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        try:
+            check_writable(key, str(OmegaConf.select(base, key)))
+        except UserError as e:
+            fail(str(e))
     checked_data: dict = {}
     for job in jobs:
         try:
             cfg = _compose(job) if (multirun or job != overrides) else base
             check_job(cfg, checked_data, need_data=command == "train")
         except UserError as e:
-            fail(f"{e}" + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
+            fail(f"{e}" + (f" [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
         except Exception as e:
-            fail(describe_hydra_error(e) + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
+            fail(describe_hydra_error(e) + (f" [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
     if multirun:
         from .paths import sweep_dir
 

@@ -45,7 +45,7 @@ CASES = [
     (["init=per_layer", "init.rules=[{module: head, init: xavier}]"],
      "init.rules[0].module='head' matches no Linear layer; use first, last, a glob, or one of: "
      "net.1, net.4, net.7, net.10"),
-    (["-m", "optim.lr=0.1,-1"], "optim.lr=-1.0 must be a finite number > 0, e.g. optim.lr=0.1  [job: data.root={root} optim.lr=-1]"),
+    (["-m", "optim.lr=0.1,-1"], "optim.lr=-1.0 must be a finite number > 0, e.g. optim.lr=0.1 [job: data.root={root} optim.lr=-1]"),
 ]
 
 

@@ -1,0 +1,103 @@
+"""Reliability: unwritable output, a kill in the middle of a snapshot write, 16 parallel jobs,
+and a property-based fuzz of the config layer (a clean one-line error or a valid config,
+never a traceback)."""
+import json
+import os
+import string
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runner import snapshot
+from runner.cli import guard
+from runner.sweep import job_runs
+
+from conftest import run_cli
+
+
+def test_output_dir_not_creatable(data_root, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as e:
+        guard("train", [f"data.root={data_root}", "hydra.run.dir=/dev/null/run"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("paramlab: error: hydra.run.dir=/dev/null/run: cannot create it, /dev/null "
+                                       "is not a directory; choose another path\n")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a non-root user on a read-only folder
+    with pytest.raises(SystemExit):
+        guard("train", [f"data.root={data_root}", "-m", "seed=1,2", "hydra.sweep.dir=/tmp/ro/sweep"])
+    assert "hydra.sweep.dir=/tmp/ro/sweep: cannot create it, /tmp is not writable" in capsys.readouterr().err
+
+
+KILL_IN_WRITE = """
+import os, sys
+from runner import snapshot
+real = snapshot._atomic_write
+def dying(path, write):
+    if path.name == "epoch-0003.parquet" and path.parent.name == "params":
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(b"PAR1 half a file")
+        os._exit(137)  # as if SIGKILLed in the middle of the snapshot write
+    return real(path, write)
+snapshot._atomic_write = dying
+from runner.train import main
+sys.argv = ["runner.train"] + sys.argv[1:]
+main()
+"""
+
+
+def test_kill_during_snapshot_write(tmp_path, data_root):
+    run_dir = tmp_path / "killed"
+    r = run_cli("-c", KILL_IN_WRITE, f"data.root={data_root}", "trainer.epochs=6", "trainer.progress=false",
+                "device=cpu", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert r.returncode == 137
+    info = json.loads((run_dir / "run.json").read_text())  # still valid JSON
+    assert info["status"] == "running" and info["epochs_completed"] == 2
+    assert any(f.name.startswith(".epoch-0003") for f in (run_dir / "params").iterdir())  # the half file, hidden
+    assert sorted(snapshot.read_params(run_dir).epoch.unique()) == [0, 1, 2]
+    assert sorted(pd.read_parquet(run_dir / "params").epoch.unique()) == [0, 1, 2]  # pandas skips it too
+    from runner.report import load_runs
+    assert load_runs([run_dir])[0].status == "incomplete"
+
+
+def test_sixteen_parallel_jobs(tmp_path, data_root):
+    r = run_cli("-m", "runner.train", "-m", "hydra/launcher=joblib", "seed=range(16)", f"data.root={data_root}",
+                "data.limit=120", "trainer.epochs=1", "trainer.progress=false", "device=cpu",
+                "snapshot.tensors=false", f"hydra.sweep.dir={tmp_path / 'par'}", cwd=tmp_path, timeout=280)
+    assert r.returncode == 0, r.stderr
+    runs = job_runs(tmp_path / "par")
+    assert sorted(j["_dir"] for j in runs) == sorted(f"seed={i}" for i in range(16))
+    assert [j["status"] for j in runs] == ["completed"] * 16
+    assert all(j["threads"] == 1 for j in runs)  # 2 workers x 1 thread on 2 cores: no oversubscription
+    sweep = json.loads((tmp_path / "par" / "sweep.json").read_text())
+    assert sweep["counts"] == {"completed": 16}
+    assert len({j["final"]["train_loss"] for j in runs}) == 16  # each job seeded by its own seed
+
+
+KEYS = ["optim.lr", "model.dropout", "model.hidden", "trainer.epochs", "data.batch_size", "data.limit",
+        "snapshot.every", "model.activation", "sharing", "init", "optim", "model", "seed", "init.std",
+        "trainer.diverge_factor", "optim.momentum", "sharing.groups", "device", "+extra", "model.hiddenx"]
+ALPHABET = string.ascii_letters + string.digits + " .,-_[]{}:'\"=$+/@*"
+VALUES = st.one_of(
+    st.integers(-10**6, 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(ALPHABET, max_size=12),
+    st.lists(st.integers(-3, 300), max_size=4).map(lambda v: "[" + ",".join(map(str, v)) + "]"),
+    st.sampled_from(["null", "true", "none", "all_hidden", "groups", "adam", "rgnet", "nest_mlp", "xavier",
+                     "per_layer", "[[net.4,net.7]]", "[[net.1]]", "cuda", "cpu", "1e-3", "0.999", "nan"]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=3))
+def test_fuzz_overrides_clean_error_or_valid(data_root, capsys, pairs):
+    args = [f"data.root={data_root}"] + [f"{k}={v}" for k, v in pairs]
+    try:
+        guard("train", args)
+    except SystemExit as e:
+        assert e.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("paramlab: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    else:
+        assert capsys.readouterr().err == ""
