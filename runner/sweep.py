@@ -92,3 +92,44 @@ class SweepCallback(Callback):
 
 def sweep_exit_code() -> int:
     return 1 if _STATE["failed"] else 0
+
+
+def _warm_worker() -> int:
+    import torch  # noqa: F401  (the import is the point: ~3 s per fresh process)
+
+    from . import train  # noqa: F401
+
+    return os.getpid()
+
+
+def prewarm_joblib_workers(argv: List[str]):
+    """With `hydra/launcher=joblib`, start the worker processes (importing torch and paramlab)
+    in a background thread while the main process checks the command; joblib's loky backend
+    then reuses these warm workers for the jobs. Returns the thread to join, or None."""
+    if "hydra/launcher=joblib" not in argv:
+        return None
+    import threading
+
+    n_jobs = -1
+    for a in argv:
+        if a.startswith("hydra.launcher.n_jobs="):
+            try:
+                n_jobs = int(a.split("=", 1)[1])
+            except ValueError:
+                return None
+    workers = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+
+    def warm() -> None:
+        try:
+            from joblib import Parallel, delayed
+
+            # The same settings as hydra-joblib-launcher's defaults, so loky reuses the pool.
+            Parallel(n_jobs=n_jobs, backend="loky", prefer="processes", max_nbytes=None, timeout=None,
+                     pre_dispatch="2*n_jobs", batch_size="auto", verbose=0)(
+                delayed(_warm_worker)() for _ in range(workers))
+        except Exception:
+            pass  # only an optimisation
+
+    thread = threading.Thread(target=warm, daemon=True)
+    thread.start()
+    return thread

@@ -123,6 +123,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
         "params": {"unique": tie_map.unique, "total": tie_map.total},
         "tie_groups": tie_map.tie_groups(), "final": None, "wall_time_s": None, "epoch_times_s": [],
         "device": str(device), "torch_version": torch.__version__, "threads": torch.get_num_threads(),
+        "pid": os.getpid(),
         "started_at": _now(), "finished_at": None, "error": None, "diverged": None,
     }
     json_path = run_dir / "run.json"
@@ -382,9 +383,12 @@ def main() -> None:
     import hydra
 
     from .cli import guard
-    from .sweep import sweep_exit_code
+    from .sweep import prewarm_joblib_workers, sweep_exit_code
 
+    warming = prewarm_joblib_workers(sys.argv[1:])
     guard("train")
+    if warming:
+        warming.join()
     from .cli import CONF_DIR
 
     # An absolute path: works for `python -m`, console scripts and `python -c` alike.
