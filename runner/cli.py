@@ -147,8 +147,11 @@ def check_writable(key: str, path: str) -> None:
         raise UserError(f"{key}={path}: cannot create it, {p} is not writable; choose another path")
 
 
-def guard(command: str, argv: List[str] | None = None) -> None:
-    """Check the command line; exit 2 with one line on the first user mistake."""
+def guard(command: str, argv: List[str] | None = None, on_expanded=None) -> None:
+    """Check the command line; exit 2 with one line on the first user mistake.
+
+    `on_expanded()` is called once the jobs are known and the sweep's environment is set, before
+    the slower checks (model builds import torch): sweep workers can start warming up then."""
     argv = list(sys.argv[1:] if argv is None else argv)
     multirun, overrides, skip = _split_argv(argv)
     if skip:
@@ -167,12 +170,22 @@ def guard(command: str, argv: List[str] | None = None) -> None:
         if not (resume / "sweep.json").is_file():
             fail(f"sweep.resume={str(resume)!r} is not a sweep directory (no sweep.json in it); "
                  "give a directory an earlier `-m` command wrote")
+    if multirun:
+        from .paths import sweep_dir
+
+        # Read by the directory resolvers in every job, in this process or a worker process.
+        os.environ["PARAMLAB_SWEEP_TOTAL"] = str(len(jobs))
+        os.environ["PARAMLAB_SWEEP_KEYS"] = json.dumps(swept)
+        command_overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+        os.environ["PARAMLAB_SWEEP_DIR"] = sweep_dir(base.sweep.resume, command_overrides)
     if command == "train":
         key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
         try:
             check_writable(key, str(OmegaConf.select(base, key)))
         except UserError as e:
             fail(str(e))
+    if on_expanded:
+        on_expanded()
     checked_data: dict = {}
     for job in jobs:
         try:
@@ -182,10 +195,3 @@ def guard(command: str, argv: List[str] | None = None) -> None:
             fail(f"{e}" + (f" [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
         except Exception as e:
             fail(describe_hydra_error(e) + (f" [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
-    if multirun:
-        from .paths import sweep_dir
-
-        os.environ["PARAMLAB_SWEEP_TOTAL"] = str(len(jobs))
-        os.environ["PARAMLAB_SWEEP_KEYS"] = json.dumps(swept)
-        command = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-        os.environ["PARAMLAB_SWEEP_DIR"] = sweep_dir(base.sweep.resume, command)

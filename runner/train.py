@@ -385,10 +385,10 @@ def main() -> None:
     from .cli import guard
     from .sweep import prewarm_joblib_workers, sweep_exit_code
 
-    warming = prewarm_joblib_workers(sys.argv[1:])
-    guard("train")
-    if warming:
-        warming.join()
+    warming = []
+    guard("train", on_expanded=lambda: warming.append(prewarm_joblib_workers(sys.argv[1:])))
+    for thread in filter(None, warming):
+        thread.join()
     from .cli import CONF_DIR
 
     # An absolute path: works for `python -m`, console scripts and `python -c` alike.

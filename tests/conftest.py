@@ -20,6 +20,13 @@ register_resolvers()
 register_configs()
 
 
+@pytest.fixture(autouse=True)
+def _no_sweep_env(monkeypatch):
+    """guard() sets these for Hydra's job resolvers; in-process tests must not leak them."""
+    for name in ("PARAMLAB_SWEEP_DIR", "PARAMLAB_SWEEP_KEYS", "PARAMLAB_SWEEP_TOTAL"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("fmnist")
