@@ -13,7 +13,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	# compat: a plain path entry, so Hydra finds hydra_plugins/ (the ensemble launcher) from any folder
+	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 # FashionMNIST: the Debian package dataset-fashion-mnist when root and apt are available,

@@ -114,20 +114,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
     optimizer = make_optimizer(cfg, model.parameters())
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    snapshot.clear_tables(run_dir)  # a run restarted into its old directory starts clean
-    info = {
-        "paramlab_version": __version__, "run_id": run_dir.name, "status": "running",
-        "config": plain_config(cfg), "overrides": list(overrides),
-        "epochs": int(cfg.trainer.epochs), "epochs_completed": 0,
-        "params": {"unique": tie_map.unique, "total": tie_map.total},
-        "tie_groups": tie_map.tie_groups(), "final": None, "wall_time_s": None, "epoch_times_s": [],
-        "device": str(device), "torch_version": torch.__version__, "threads": torch.get_num_threads(),
-        "pid": os.getpid(),
-        "started_at": _now(), "finished_at": None, "error": None, "diverged": None,
-    }
+    info = start_run_dir(cfg, run_dir, overrides, tie_map, device)
     json_path = run_dir / "run.json"
-    snapshot.write_json(json_path, info)
 
     n_act = min(cfg.snapshot.activation_batch, int(dataset.test_y.shape[0]))
     recorder = Recorder(model, tie_map, cfg.snapshot, run_dir, dataset.test_x[:n_act]) \
@@ -173,16 +161,9 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
             loss_sum, correct = totals.finish(epoch)       # GPU: the epoch's one sync
             train_loss, train_acc = loss_sum / n, correct / n
             val_loss, val_acc = evaluate(model, dataset.test_x, dataset.test_y, int(cfg.data.eval_batch_size))
-            snapshot.write_table(run_dir, "metrics", epoch, {
-                "epoch": [epoch] * 4, "split": ["train", "train", "val", "val"],
-                "metric": ["loss", "acc", "loss", "acc"], "value": [train_loss, train_acc, val_loss, val_acc]})
             if recorder and (epoch % every == 0 or epoch == epochs):
                 recorder.snapshot(epoch, with_grads=True, steps=math.ceil(n / bs))
-            info["epochs_completed"] = epoch
-            info["final"] = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
-            info["epoch_times_s"].append(round(time.perf_counter() - t_epoch, 6))
-            info["wall_time_s"] = round(time.perf_counter() - start, 3)
-            snapshot.write_json(json_path, info)
+            end_epoch(info, run_dir, epoch, (train_loss, train_acc, val_loss, val_acc), t_epoch, start)
             bar.set_postfix(loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
         info["status"] = "completed"
     except Diverged as e:
@@ -294,6 +275,42 @@ def checks_loss_per_step(device) -> bool:
     """On the CPU a loss value per step is free; on a GPU it would sync the host every step,
     so there the loss is checked on the device and read once per epoch."""
     return device.type == "cpu"
+
+
+def start_run_dir(cfg, run_dir: Path, overrides, tie_map, device) -> dict:
+    """Create the run directory (clearing tables of an earlier attempt) and its first run.json."""
+    import torch
+
+    from . import snapshot
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    snapshot.clear_tables(run_dir)  # a run restarted into its old directory starts clean
+    info = {
+        "paramlab_version": __version__, "run_id": run_dir.name, "status": "running",
+        "config": plain_config(cfg), "overrides": list(overrides),
+        "epochs": int(cfg.trainer.epochs), "epochs_completed": 0,
+        "params": {"unique": tie_map.unique, "total": tie_map.total},
+        "tie_groups": tie_map.tie_groups(), "final": None, "wall_time_s": None, "epoch_times_s": [],
+        "device": str(device), "torch_version": torch.__version__, "threads": torch.get_num_threads(),
+        "pid": os.getpid(), "started_at": _now(), "finished_at": None, "error": None, "diverged": None,
+    }
+    snapshot.write_json(run_dir / "run.json", info)
+    return info
+
+
+def end_epoch(info: dict, run_dir: Path, epoch: int, metrics, t_epoch: float, start: float) -> None:
+    """Write the epoch's metrics file, then run.json (so run.json never claims an unwritten epoch)."""
+    from . import snapshot
+
+    train_loss, train_acc, val_loss, val_acc = metrics
+    snapshot.write_table(run_dir, "metrics", epoch, {
+        "epoch": [epoch] * 4, "split": ["train", "train", "val", "val"],
+        "metric": ["loss", "acc", "loss", "acc"], "value": [train_loss, train_acc, val_loss, val_acc]})
+    info["epochs_completed"] = epoch
+    info["final"] = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
+    info["epoch_times_s"].append(round(time.perf_counter() - t_epoch, 6))
+    info["wall_time_s"] = round(time.perf_counter() - start, 3)
+    snapshot.write_json(run_dir / "run.json", info)
 
 
 def _finish(info: dict, json_path: Path, start: float) -> None:
