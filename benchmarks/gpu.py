@@ -51,6 +51,14 @@ def main() -> dict:
     out["mlp1024_fp32_floor_ms"] = round(floor_ms, 1)
     best = out["784-1024x3-10, CUDA graph, snapshots off"]["s_per_epoch"] * 1000
     print(f"784-1024x3-10 fp32 FLOP floor ~{floor_ms:.1f} ms/epoch; CUDA graph {best:.1f} ms = {best / floor_ms:.1f}x it")
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "ensemble_speedup.py"), "--device", "cuda",
+                        "--epochs", "3"], capture_output=True, text=True)
+    print(r.stdout.strip().splitlines()[0] if r.returncode == 0 else r.stderr[-1500:])
+    if r.returncode == 0:
+        out["ensemble_16_jobs"] = json.loads(r.stdout.strip().splitlines()[-1])
     print(json.dumps(out))
     return out
 

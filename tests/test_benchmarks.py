@@ -12,6 +12,7 @@ BENCH = ROOT / "benchmarks"
 
 
 @pytest.mark.parametrize("name", ["epoch_time", "snapshot_overhead", "startup", "sweep_speedup", "report_time",
+                                  "ensemble_speedup",
                                   "gpu", "run_all"])
 def test_benchmark_imports(name, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))

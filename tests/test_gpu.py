@@ -59,3 +59,15 @@ def test_cuda_graph_step_matches_eager(make_cfg, tmp_path):
         assert np.array_equal(values[name], p.detach().cpu().numpy())
     d, _ = train(make_cfg("device=cuda", "trainer.compile=true", "optim.lr=10000", "trainer.epochs=3"), tmp_path / "d")
     assert d["status"] == "diverged"
+
+
+def test_ensemble_on_gpu_matches_separate_runs(make_cfg, tmp_path):
+    from runner.ensemble import run_ensemble
+    over = [("optim.lr=0.05", "seed=0"), ("optim.lr=0.1", "seed=0"), ("optim.lr=0.1", "seed=1")]
+    cfgs = [make_cfg("device=cuda", "sharing=all_hidden", "trainer.epochs=2", *o) for o in over]
+    infos = run_ensemble(cfgs, [tmp_path / f"e{i}" for i in range(3)], [list(o) for o in over])
+    assert [i["status"] for i in infos] == ["completed"] * 3
+    for i, cfg in enumerate(cfgs):
+        alone, _ = train(cfg, tmp_path / f"a{i}")
+        for k in ("train_loss", "val_loss", "val_acc"):
+            assert infos[i]["final"][k] == pytest.approx(alone["final"][k], rel=1e-3, abs=1e-3)
