@@ -153,7 +153,9 @@ def _legend(fig, runs: Sequence[Run], extra: Sequence = ()) -> None:
     handles = [Line2D([], [], color=r.color, lw=2, label=_ellipsize(r.label)) for r in runs] + list(extra)
     if len(handles) > 24:
         handles = handles[:24] + [Line2D([], [], color="none", label=f"... {len(handles) - 24} more")]
-    ncol = min(4, max(1, len(handles)))
+    longest = max(len(h.get_label()) for h in handles)
+    fits = int(fig.get_figwidth() * 100 // (longest * 6.4 + 60))  # legend columns that fit the width (8 pt)
+    ncol = max(1, min(4, len(handles), fits))
     rows = math.ceil(len(handles) / ncol)
     fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, fontsize=8,
                bbox_to_anchor=(0.5, 0.0))
@@ -172,6 +174,11 @@ def _ellipsize(s: str, n: int = 70) -> str:
 
 
 def _save(fig, out: Path, name: str) -> str:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:  # epochs are whole numbers
+        if ax.get_xlabel().startswith("epoch"):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     path = out / f"{name}.png"
     fig.savefig(path, dpi=100)
     import matplotlib.pyplot as plt
