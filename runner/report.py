@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .snapshot import SCHEMAS
+from .snapshot import read_table
 
 # Config keys that never distinguish runs in labels.
 IGNORED_KEYS = ("data.root", "trainer.progress", "sweep.resume", "data.eval_batch_size")
@@ -73,17 +73,6 @@ def find_runs(paths: Sequence[str | Path]) -> List[Path]:
     return out
 
 
-def _read_folder(folder: Path, table: str, columns: Sequence[str], filter_expr=None):
-    """All epoch files of one table in one dataset scan (only `columns`)."""
-    import pyarrow.dataset as ds
-
-    schema = SCHEMAS[table]
-    if not folder.is_dir() or not any(folder.glob("epoch-*.parquet")):
-        return schema.empty_table().select(list(columns)).to_pandas()
-    dataset = ds.dataset(str(folder), format="parquet", schema=schema, ignore_prefixes=[".", "_"])
-    return dataset.to_table(columns=list(columns), filter=filter_expr).to_pandas()
-
-
 def _flatten(d: dict, prefix: str = "") -> Dict[str, object]:
     out: Dict[str, object] = {}
     for k, v in d.items():
@@ -103,9 +92,9 @@ def load_runs(paths: Sequence[str | Path]) -> List[Run]:
         except (OSError, ValueError) as e:
             info = {"status": "unreadable", "error": f"run.json: {e}", "config": {}}
         run = Run(p, info)
-        run.metrics = _read_folder(p / "metrics", "metrics", ["epoch", "split", "metric", "value"])
-        run.params = _read_folder(p / "params", "params", PARAM_COLUMNS)
-        run.activations = _read_folder(p / "activations", "activations", ["epoch", "layer", "var", "frac_dead"])
+        run.metrics = read_table(p, "metrics", ["epoch", "split", "metric", "value"])
+        run.params = read_table(p, "params", PARAM_COLUMNS)
+        run.activations = read_table(p, "activations", ["epoch", "layer", "var", "frac_dead"])
         run.flat = _flatten(info.get("config") or {})
         runs.append(run)
     label_runs(runs)
@@ -345,8 +334,8 @@ def fig_histograms(runs: List[Run], out: Path, max_runs: int = 4) -> Optional[st
                              squeeze=False)
     for col, r in enumerate(shown):
         last = int(r.params.epoch.max())
-        h = _read_folder(r.path / "params", "params", ["epoch", "name", "hist_counts", "hist_edges"],
-                         (ds.field("kind") == "value") & ds.field("epoch").isin([0, last]))
+        h = read_table(r.path, "params", ["epoch", "name", "hist_counts", "hist_edges"],
+                       (ds.field("kind") == "value") & ds.field("epoch").isin([0, last]))
         aliases = {a: g["canonical"] for g in r.info.get("tie_groups") or [] for a in g["aliases"]}
         for row, name in enumerate(names):
             ax = axes[row][col]

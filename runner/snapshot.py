@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -117,20 +117,19 @@ def read_run(run_dir: str | os.PathLike) -> dict:
         return json.load(f)
 
 
-def read_table(run_dir: str | os.PathLike, table: str, columns: Optional[Sequence[str]] = None):
-    """One table of a run as a pandas DataFrame (all epochs; empty with the right columns if none)."""
-    import pandas as pd
+def read_table(run_dir: str | os.PathLike, table: str, columns: Optional[Sequence[str]] = None, filter=None):
+    """One table of a run as a pandas DataFrame: every epoch file in one dataset scan, only
+    `columns`, rows matching the optional pyarrow `filter`; empty with the right columns if none.
+    Hidden temp files (a write in progress or killed) are skipped."""
+    import pyarrow.dataset as ds
 
     folder = Path(run_dir) / table
-    files = sorted(f for f in folder.glob("epoch-*.parquet")) if folder.is_dir() else []
     schema = SCHEMAS[table]
-    if columns is not None:
-        schema = pa.schema([schema.field(c) for c in columns])
-    if not files:
-        return schema.empty_table().to_pandas()
-    t = pa.concat_tables([pq.read_table(f, columns=list(columns) if columns else None, schema=None)
-                          for f in files])
-    return t.to_pandas()
+    columns = list(columns) if columns is not None else schema.names
+    if not folder.is_dir() or not any(folder.glob("epoch-*.parquet")):
+        return schema.empty_table().select(columns).to_pandas()
+    dataset = ds.dataset(str(folder), format="parquet", schema=schema, ignore_prefixes=[".", "_"])
+    return dataset.to_table(columns=columns, filter=filter).to_pandas()
 
 
 def read_metrics(run_dir):

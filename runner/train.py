@@ -100,7 +100,6 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
     import torch
     import torch.nn.functional as F
 
-    from . import snapshot
     from .recorder import Recorder
 
     start = time.perf_counter()

@@ -1,8 +1,6 @@
 """Benchmarks are not run in CI; this checks that they start (import, and a tiny report_time)."""
 import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 

@@ -3,8 +3,6 @@ failed and a killed run; every figure present, every <img> a real PNG, strings e
 import json
 import re
 import shutil
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -4,7 +4,6 @@ import errno
 import json
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

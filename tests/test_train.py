@@ -10,7 +10,7 @@ import torch
 
 from runner import data, snapshot
 from runner.config import UserError
-from runner.train import run, train
+from runner.train import run
 
 
 def test_run_writes_contract_run_dir(make_cfg, tmp_path):
@@ -32,7 +32,7 @@ def test_run_writes_contract_run_dir(make_cfg, tmp_path):
 def test_learns_and_is_deterministic(make_cfg, tmp_path):
     cfg = make_cfg("trainer.epochs=3", "model.hidden=[32,32,32]")
     a = run(cfg, tmp_path / "a")
-    b = run(cfg, tmp_path / "b")
+    run(cfg, tmp_path / "b")
     ma, mb = pd.read_parquet(tmp_path / "a" / "metrics"), pd.read_parquet(tmp_path / "b" / "metrics")
     pd.testing.assert_frame_equal(ma, mb)
     assert a["final"]["val_acc"] > 0.5  # the synthetic classes are learnable
@@ -42,7 +42,7 @@ def test_learns_and_is_deterministic(make_cfg, tmp_path):
 
 def test_golden_losses_seed_preset(make_cfg, tmp_path):
     """Fixed seed, fixed synthetic data: the seed preset's losses are pinned (torch 2.14 CPU)."""
-    info = run(make_cfg("experiment=seed_sharing", "trainer.epochs=2", "data.batch_size=64"), tmp_path / "g")
+    run(make_cfg("experiment=seed_sharing", "trainer.epochs=2", "data.batch_size=64"), tmp_path / "g")
     m = pd.read_parquet(tmp_path / "g" / "metrics").set_index(["epoch", "split", "metric"]).value
     got = [m[(1, "train", "loss")], m[(2, "train", "loss")], m[(2, "val", "loss")]]
     np.testing.assert_allclose(got, GOLDEN, rtol=1e-4)
