@@ -50,7 +50,7 @@ def main() -> None:
 
     guard("inspect")
     # A single "run" that writes nothing: no output directory, no .hydra folder.
-    sys.argv += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/hydra_logging=none"]
+    sys.argv += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/hydra_logging=none", "hydra.mode=RUN"]
     from .cli import CONF_DIR
 
     # An absolute path: works for `python -m`, console scripts and `python -c` alike.

@@ -113,3 +113,14 @@ def test_build_tie_map_sees_module_level_ties():
     tm = build_tie_map(net)
     assert (tm.unique, tm.total) == (40, 60)
     assert tm.tie_groups()[0]["aliases"] == ["2.weight", "4.weight"]
+
+
+def test_inspect_command_counts_and_writes_nothing(tmp_path):
+    from conftest import run_cli
+    r = run_cli("-m", "runner.inspect", "experiment=seed_sharing", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "unique parameters: 6442" in r.stdout and "total parameters:  6514" in r.stdout
+    assert "net.4.weight, net.7.weight" in r.stdout and "net.4, net.7" in r.stdout
+    r = run_cli("-m", "runner.inspect", "experiment=lr_dropout_grid", cwd=tmp_path)  # a grid preset: no sweep
+    assert r.returncode == 0 and "unique parameters: 6514" in r.stdout
+    assert list(tmp_path.iterdir()) == []
