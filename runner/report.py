@@ -544,7 +544,12 @@ def write_html(runs: List[Run], figures: Dict[str, str], out: Path, table) -> Pa
         cells = []
         for c in cols:
             v = row.get(c)
-            text = _fmt(v)
+            if c in keys and isinstance(v, float):
+                text = f"{v:g}"                       # config values as written: 0.1, not 0.1000
+            elif c == "wall_time_s" and isinstance(v, float):
+                text = f"{v:.1f}"
+            else:
+                text = _fmt(v)
             if c == "run_id":
                 swatch = "#%02x%02x%02x" % tuple(int(255 * x) for x in r.color[:3])
                 cell = (f'<td data-v="{esc(text)}"><span class="swatch" style="background:{swatch}"></span>'
