@@ -38,8 +38,8 @@ def main() -> None:
     so = results["snapshot_overhead"]["784-256-256-10"]
     rows = [
         ("seed preset epoch vs d2l-style DataLoader loop", f"{results['epoch_time']['speedup']}x faster", ">= 20x"),
-        ("snapshot stats overhead (784-256-256-10)", f"+{so['overhead_stats_pct']}%", "<= 3%"),
-        ("snapshot stats+tensors overhead (784-256-256-10)", f"+{so['overhead_stats_tensors_pct']}%", "<= 15%"),
+        ("snapshot stats overhead (784-256-256-10)", f"{so['overhead_stats_pct']:+.1f}%", "<= 3%"),
+        ("snapshot stats+tensors overhead (784-256-256-10)", f"{so['overhead_stats_tensors_pct']:+.1f}%", "<= 15%"),
         ("start-up vs bare import torch", f"{results['startup']['ratio']}x", "<= 2x"),
         ("8-job sweep, joblib vs sequential", f"{results['sweep_speedup']['speedup']}x", ">= 1.5x"),
         (f"report, {results['report_time']['runs']} runs x {results['report_time']['epochs']} epochs",

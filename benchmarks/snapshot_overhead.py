@@ -45,8 +45,8 @@ def main() -> dict:
             "bytes_per_epoch": {m: int(v) for m, v in sizes.items()},
         }
         r = results[model]
-        print(f"{model}: off {med['off']:.3f} s/epoch, stats {med['stats']:.3f} (+{r['overhead_stats_pct']}%), "
-              f"stats+tensors {med['stats+tensors']:.3f} (+{r['overhead_stats_tensors_pct']}%); "
+        print(f"{model}: off {med['off']:.3f} s/epoch, stats {med['stats']:.3f} ({r['overhead_stats_pct']:+.1f}%), "
+              f"stats+tensors {med['stats+tensors']:.3f} ({r['overhead_stats_tensors_pct']:+.1f}%); "
               f"disk/epoch: stats {sizes['stats'] / 1e3:.0f} kB, stats+tensors {sizes['stats+tensors'] / 1e3:.0f} kB")
     print(json.dumps(results))
     return results

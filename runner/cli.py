@@ -88,7 +88,7 @@ def _compose(overrides: List[str]):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
-def expand_jobs(overrides: List[str], multirun: bool) -> Tuple[bool, List[List[str]], object]:
+def expand_jobs(overrides: List[str], multirun: bool) -> Tuple[bool, List[List[str]], object, List[str]]:
     """(is_multirun, job override lists, first config, swept keys) as Hydra's basic sweeper expands them."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -127,9 +127,8 @@ def check_job(cfg, checked_data: dict, need_data: bool = True) -> None:
     if need_data and root not in checked_data:
         data.locate(root)
         checked_data[root] = data.dataset_size(root)
-    if need_data and cfg.data.limit is not None and cfg.data.limit > checked_data[root]:
-        raise UserError(f"data.limit={cfg.data.limit} is larger than the training set ({checked_data[root]} "
-                        f"examples); use 1..{checked_data[root]}, or null for all")
+    if need_data:
+        data.check_limit(cfg.data.limit, checked_data[root])
     from .train import build, resolve_device
 
     resolve_device(cfg.device)

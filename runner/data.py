@@ -142,6 +142,12 @@ class Dataset:
         return int(self.train_y.shape[0])
 
 
+def check_limit(limit: Optional[int], n_train: int) -> None:
+    if limit is not None and limit > n_train:
+        raise UserError(f"data.limit={limit} is larger than the training set ({n_train} examples); "
+                        f"use 1..{n_train}, or null for all")
+
+
 def dataset_size(root: str | os.PathLike) -> int:
     """Number of training examples (reads only the label file's header)."""
     with open(locate(root, download=False) / FILES["train_labels"], "rb") as f:
@@ -158,9 +164,7 @@ def load(root: str | os.PathLike, limit: Optional[int], device: "torch.device | 
     arrays = {key: read_idx(raw / name) for key, name in FILES.items()}
     n_train = len(arrays["train_labels"])
     if limit is not None:
-        if limit > n_train:
-            raise UserError(f"data.limit={limit} is larger than the training set ({n_train} examples); "
-                            f"use 1..{n_train}, or null for all")
+        check_limit(limit, n_train)
         arrays["train_images"] = arrays["train_images"][:limit]
         arrays["train_labels"] = arrays["train_labels"][:limit]
         n_test = max(1, limit // 6)
