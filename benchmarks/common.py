@@ -35,3 +35,16 @@ def epoch_seconds(*overrides: str, epochs: int = 3, skip_first: bool = True) -> 
 
 def dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def time_sweep(overrides, sweep_dir: Path) -> float:
+    """Wall seconds of one `python -m runner.train -m ...` command (its start-up included)."""
+    import subprocess
+    import time
+
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "runner.train", "-m", *overrides, "trainer.progress=false",
+                        f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(r.stderr)
+    return time.perf_counter() - t

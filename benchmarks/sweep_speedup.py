@@ -8,24 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import time_sweep
+
 GRID = ["optim.lr=0.05,0.1", "sharing=none,all_hidden", "seed=0,1"]  # 8 jobs
-
-
-def timed(args, sweep_dir: Path) -> float:
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "runner.train", "-m", "experiment=seed_sharing", *GRID, *args,
-                        "trainer.progress=false", "device=cpu", f"hydra.sweep.dir={sweep_dir}"],
-                       cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(r.stderr)
-    return time.perf_counter() - t
+SWEEP = ["experiment=seed_sharing", *GRID, "device=cpu"]
 
 
 def main() -> dict:
@@ -33,8 +22,8 @@ def main() -> dict:
     p.add_argument("--epochs", type=int, default=15)
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        seq = timed([f"trainer.epochs={a.epochs}"], Path(d) / "seq")
-        par = timed([f"trainer.epochs={a.epochs}", "hydra/launcher=joblib"], Path(d) / "par")
+        seq = time_sweep(SWEEP + [f"trainer.epochs={a.epochs}"], Path(d) / "seq")
+        par = time_sweep(SWEEP + [f"trainer.epochs={a.epochs}", "hydra/launcher=joblib"], Path(d) / "par")
     result = {"jobs": 8, "epochs": a.epochs, "sequential_s": round(seq, 1), "joblib_s": round(par, 1),
               "speedup": round(seq / par, 2)}
     print(f"8 seed-preset jobs x {a.epochs} epochs: sequential {seq:.1f} s, joblib {par:.1f} s "
