@@ -139,6 +139,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike, overrides: Sequence[str] 
     step_fn = train_step
     if cfg.trainer.compile and device.type == "cuda":
         step_fn = CudaGraphStep(train_step, bs, device)
+    elif cfg.trainer.compile:
+        print("paramlab: trainer.compile applies to CUDA only; training eagerly on the CPU", file=sys.stderr)
 
     from tqdm import tqdm
 
