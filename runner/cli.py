@@ -146,6 +146,42 @@ def check_writable(key: str, path: str) -> None:
         raise UserError(f"{key}={path}: cannot create it, {p} is not writable; choose another path")
 
 
+def lock_sweep(sweep_dir: Path) -> None:
+    """One command at a time per sweep directory: `.paramlab.lock` holds the owner's pid; a lock
+    whose process is gone (killed) is taken over. Released when this process exits."""
+    import atexit
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    lock = sweep_dir / ".paramlab.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise UserError(f"another paramlab command (pid {pid}) is running the sweep in {sweep_dir}; "
+                                "wait for it, or give this one another hydra.sweep.dir") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        atexit.register(lambda: lock.unlink(missing_ok=True))
+        return
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def guard(command: str, argv: List[str] | None = None, on_expanded=None) -> None:
     """Check the command line; exit 2 with one line on the first user mistake.
 
@@ -194,3 +230,8 @@ def guard(command: str, argv: List[str] | None = None, on_expanded=None) -> None
             fail(f"{e}" + (f" [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
         except Exception as e:
             fail(describe_hydra_error(e) + (f" [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
+    if multirun and command == "train":
+        try:
+            lock_sweep(Path(str(OmegaConf.select(base, "hydra.sweep.dir"))))
+        except UserError as e:
+            fail(str(e))

@@ -101,3 +101,23 @@ def test_fuzz_overrides_clean_error_or_valid(data_root, capsys, pairs):
         assert err.startswith("paramlab: error: ") and err.count("\n") == 1 and "Traceback" not in err
     else:
         assert capsys.readouterr().err == ""
+
+
+def test_one_command_per_sweep_dir(tmp_path, data_root, capsys):
+    import subprocess
+    import sys
+    from runner.cli import lock_sweep
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (sweep / ".paramlab.lock").write_text(str(sleeper.pid))  # a live command holds it
+        with pytest.raises(SystemExit) as e:
+            guard("train", ["-m", f"data.root={data_root}", "seed=1,2", f"hydra.sweep.dir={sweep}"])
+        assert e.value.code == 2
+        assert f"another paramlab command (pid {sleeper.pid}) is running the sweep in {sweep}" in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    lock_sweep(sweep)  # its process is gone: the stale lock is taken over
+    assert (sweep / ".paramlab.lock").read_text() == str(os.getpid())
