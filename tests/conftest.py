@@ -47,7 +47,10 @@ def make_cfg(data_root):
 
 
 def run_cli(*args: str, cwd=None, timeout: float = 120, env_extra=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The repo root on the path as a plain entry: Hydra then finds hydra_plugins/ however the
+    # package was installed (an editable install's import hook hides namespace portions).
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env.update(env_extra or {})
     return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
