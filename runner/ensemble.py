@@ -281,11 +281,9 @@ def run_ensemble(cfgs: Sequence, run_dirs: Sequence[Path], overrides: Sequence[S
     return infos
 
 
-def run_jobs(jobs: Sequence[Tuple[List[str], "object", Path]], max_members: int, task_function) -> List[dict]:
+def run_jobs(jobs: Sequence[Tuple[List[str], "object", Path]], max_members: int, run_alone) -> List[dict]:
     """The ensemble launcher's work: skip completed jobs, group the rest, train each group as
-    one batched model; a job that fits no group runs alone through the normal task function."""
-    from hydra.core.hydra_config import HydraConfig
-
+    one batched model; a job that fits no group goes to `run_alone(index)` (Hydra's own run_job)."""
     from .sweep import completed_with_same_config, progress
 
     results: List[dict | None] = [None] * len(jobs)
@@ -301,10 +299,7 @@ def run_jobs(jobs: Sequence[Tuple[List[str], "object", Path]], max_members: int,
     for members in groups.values():
         for chunk in (members[j:j + max_members] for j in range(0, len(members), max_members)):
             if len(chunk) == 1:
-                overrides, cfg, run_dir = jobs[chunk[0]]
-                HydraConfig.instance().set_config(cfg)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                results[chunk[0]] = task_function(_task_view(cfg))
+                results[chunk[0]] = run_alone(chunk[0])
                 continue
             cfgs = [_task_view(jobs[i][1]) for i in chunk]
             names = ", ".join(",".join(jobs[i][0]) for i in chunk)

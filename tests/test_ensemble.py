@@ -41,12 +41,14 @@ def test_ensemble_equals_separate_runs(tmp_path, data_root, make_cfg):
         assert info["ensemble"]["size"] == 4
 
 
-def test_ensemble_isolates_a_diverging_member(tmp_path, data_root):
-    r = run_cli("-m", "runner.train", "-m", "hydra/launcher=ensemble", "optim.lr=0.1,10000", f"data.root={data_root}",
-                "trainer.epochs=2", "trainer.progress=false", "device=cpu", f"hydra.sweep.dir={tmp_path / 'e'}",
-                cwd=tmp_path)
+def test_ensemble_isolates_a_diverging_member_and_runs_others_alone(tmp_path, data_root):
+    r = run_cli("-m", "runner.train", "-m", "hydra/launcher=ensemble", "optim.lr=0.1,10000", "optim=sgd,adam",
+                f"data.root={data_root}", "trainer.epochs=2", "trainer.progress=false", "device=cpu",
+                f"hydra.sweep.dir={tmp_path / 'e'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert r.stdout.count("paramlab: ensemble of 2") == 1  # the SGD pair; Adam jobs run alone
     statuses = {j["_dir"]: j["status"] for j in job_runs(tmp_path / "e")}
-    assert statuses == {"optim.lr=0.1": "completed", "optim.lr=10000": "diverged"}
-    good = json.loads((tmp_path / "e" / "optim.lr=0.1" / "run.json").read_text())
+    assert statuses["optim.lr=0.1,optim=sgd"] == "completed" and statuses["optim.lr=10000,optim=sgd"] == "diverged"
+    assert statuses["optim.lr=0.1,optim=adam"] == "completed" and "optim.lr=10000,optim=adam" in statuses
+    good = json.loads((tmp_path / "e" / "optim.lr=0.1,optim=sgd" / "run.json").read_text())
     assert good["epochs_completed"] == 2 and np.isfinite(good["final"]["train_loss"])

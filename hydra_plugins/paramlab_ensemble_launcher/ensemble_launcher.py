@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
@@ -57,7 +57,14 @@ class EnsembleLauncher(Launcher):
             HydraConfig.instance().set_config(cfg)
             run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
             jobs.append((list(overrides), cfg, run_dir))
-        infos = run_jobs(jobs, self.max_members, self.task_function)
+        def run_alone(i: int):
+            """A job no other job can share a model with: exactly what the basic launcher does."""
+            HydraConfig.instance().set_config(jobs[i][1])
+            ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=jobs[i][1],
+                          job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            return ret.return_value
+
+        infos = run_jobs(jobs, self.max_members, run_alone)
         returns: List[JobReturn] = []
         for (overrides, cfg, run_dir), info in zip(jobs, infos):
             ret = JobReturn(overrides=overrides, cfg=cfg, hydra_cfg=cfg, working_dir=str(run_dir),
