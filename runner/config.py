@@ -151,12 +151,22 @@ def dropout_list(model: Any) -> List[float]:
     return [float(v) for v in values]
 
 
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """The config as a task sees it: Hydra's own `hydra` node left out."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+
+
+def plain_config(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python (what run.json records)."""
+    return OmegaConf.to_container(without_hydra(cfg), resolve=True)
+
+
 def check_schema(cfg: DictConfig) -> None:
     """Unknown keys (Hydra lets `+key=value` add them) and wrong types, as one-line errors."""
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+        plain = plain_config(cfg)
         OmegaConf.merge(OmegaConf.structured(Config), plain)
     except OmegaConfBaseException as e:
         raise UserError(describe_omegaconf_error(e)) from None

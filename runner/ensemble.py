@@ -23,10 +23,10 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .config import dropout_list
+from .config import dropout_list, plain_config, without_hydra
 from .recorder import write_activation_stats, write_param_snapshot
 from .sharing import _SiteTap
-from .train import (Diverged, _finish, build, end_epoch, load_data, one_line, plain_config, resolve_device,
+from .train import (Diverged, _finish, build, end_epoch, load_data, one_line, outcome_line, resolve_device,
                     start_run_dir)
 
 # Config keys that may differ between the members of one ensemble.
@@ -78,13 +78,12 @@ class Members:
                           for p in tie_map.params if p.tied for site in p.call_sites}
         self.grad_sums = [torch.zeros_like(p) for p in self.params]
         # Per-member hyperparameters, shaped to broadcast over (K, ...) tensors.
-        self.drop = torch.tensor([dropout_list(c.model) for c in cfgs])              # (K, layers)
         self.lr = torch.tensor([float(c.optim.lr) for c in cfgs], device=device)
         self.momentum = torch.tensor([float(c.optim.momentum) for c in cfgs], device=device)
         self.weight_decay = torch.tensor([float(c.optim.weight_decay) for c in cfgs], device=device)
         self.buffers = None
         self.activation = _ACT[cfgs[0].model.activation]
-        self.drop_host = self.drop.tolist()
+        self.drop_host = [dropout_list(c.model) for c in cfgs]                     # K x hidden layers
         self.cuda_generators: Dict[int, torch.Generator] = {}
         # Members with the same seed draw the same batches: gather those inputs once per seed.
         seeds = sorted({int(c.seed) for c in cfgs})
@@ -284,7 +283,7 @@ def run_ensemble(cfgs: Sequence, run_dirs: Sequence[Path], overrides: Sequence[S
 def run_jobs(jobs: Sequence[Tuple[List[str], "object", Path]], max_members: int, run_alone) -> List[dict]:
     """The ensemble launcher's work: skip completed jobs, group the rest, train each group as
     one batched model; a job that fits no group goes to `run_alone(index)` (Hydra's own run_job)."""
-    from .sweep import completed_with_same_config, progress
+    from .sweep import completed_with_same_config
 
     results: List[dict | None] = [None] * len(jobs)
     groups: Dict[str, List[int]] = {}
@@ -301,7 +300,7 @@ def run_jobs(jobs: Sequence[Tuple[List[str], "object", Path]], max_members: int,
             if len(chunk) == 1:
                 results[chunk[0]] = run_alone(chunk[0])
                 continue
-            cfgs = [_task_view(jobs[i][1]) for i in chunk]
+            cfgs = [without_hydra(jobs[i][1]) for i in chunk]
             names = ", ".join(",".join(jobs[i][0]) for i in chunk)
             print(f"paramlab: ensemble of {len(chunk)}: {names}", flush=True)
             try:
@@ -311,16 +310,6 @@ def run_jobs(jobs: Sequence[Tuple[List[str], "object", Path]], max_members: int,
                 continue
             for i, info in zip(chunk, infos):
                 results[i] = info
-                final = info.get("final") or {}
-                acc = f"val_acc={final['val_acc']:.4f}" if final else "no completed epoch"
-                print(f"paramlab: {info['status']} {','.join(jobs[i][0])}: {acc}, "
-                      f"{info['epochs_completed']}/{info['epochs']} epochs [{progress(jobs[i][2].parent)}]",
-                      flush=True)
+                print(outcome_line(info, ",".join(jobs[i][0]), jobs[i][2].parent), flush=True)
     return results
 
-
-def _task_view(cfg):
-    """The job config as the task sees it (Hydra hands tasks the config without `hydra`)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])

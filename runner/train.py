@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from . import __version__
-from .config import UserError, check_schema, register_configs, validate
+from .config import UserError, check_schema, plain_config, register_configs, validate
 from .paths import register_resolvers
 
 register_resolvers()
@@ -77,10 +77,6 @@ def load_data(cfg, device):
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = data.load(cfg.data.root, cfg.data.limit, device)
     return _DATA_CACHE[key]
-
-
-def plain_config(cfg) -> dict:
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
 
 
 def _now() -> str:
@@ -354,12 +350,23 @@ def evaluate(model, x, y, batch_size: int):
     return float(loss_sum) / n, int(correct) / n
 
 
+def outcome_line(info: dict, label: str, sweep_dir: Optional[Path] = None) -> str:
+    """`paramlab: completed <overrides>: val_acc=..., 10/10 epochs, 3.1 s [k/N done]`."""
+    from .sweep import progress
+
+    final = info.get("final") or {}
+    acc = f"val_acc={final['val_acc']:.4f}" if final else "no completed epoch"
+    done = f" [{progress(sweep_dir)}]" if sweep_dir is not None else ""
+    return (f"paramlab: {info['status']} {label}: {acc}, {info['epochs_completed']}/{info['epochs']} epochs, "
+            f"{info['wall_time_s']:.1f} s{done}")
+
+
 def _task(cfg: DictConfig) -> Optional[dict]:
     """The Hydra task: one run in Hydra's output directory."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .sweep import completed_with_same_config, job_threads, progress
+    from .sweep import completed_with_same_config, job_threads
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -387,11 +394,7 @@ def _task(cfg: DictConfig) -> Optional[dict]:
         if multirun:
             return None
         sys.exit(1)
-    final = info.get("final") or {}
-    acc = f"val_acc={final['val_acc']:.4f}" if final else "no completed epoch"
-    done = f" [{progress(run_dir.parent)}]" if multirun else ""
-    print(f"paramlab: {info['status']} {label}: {acc}, {info['epochs_completed']}/{info['epochs']} epochs, "
-          f"{info['wall_time_s']:.1f} s{done}", flush=True)
+    print(outcome_line(info, label, run_dir.parent if multirun else None), flush=True)
     if info["status"] != "completed" and not multirun:
         print(f"paramlab: run {info['status']}: {info['error']}", file=sys.stderr, flush=True)
     return info
