@@ -93,6 +93,7 @@ def write_param_snapshot(run_dir: Path, epoch: int, snap_cfg, tie_map: TieMap, v
     for key, column in stats.items():
         picked = column[index]
         cols[key] = [list(v) for v in picked] if picked.ndim == 2 else picked
+    cols["cos_grad"] = cols["step_var"] = [None] * len(all_rows)
     snapshot.write_table(run_dir, "params", epoch, cols)
     if snap_cfg.tensors:
         snapshot.write_table(run_dir, "tensors", epoch, snapshot.tensors_columns(epoch, stat_rows))

@@ -36,6 +36,9 @@ SCHEMAS: Dict[str, pa.Schema] = {
         ("shape", pa.list_(pa.int64())), ("numel", pa.int64()),
         ("mean", pa.float64()), ("std", pa.float64()), ("norm", pa.float64()),
         ("min", pa.float64()), ("max", pa.float64()), ("frac_zero", pa.float64()), ("n_nonfinite", pa.int64()),
+        # Diagnostics, null where they do not apply: cosine between a call site's mean gradient and
+        # the parameter's (grad_site rows); mean over the epoch's steps of ||g_step - grad||^2 (grad rows).
+        ("cos_grad", pa.float64()), ("step_var", pa.float64()),
         *[(c, pa.float64()) for c in QUANTILE_COLUMNS],
         ("hist_counts", pa.list_(pa.int64())), ("hist_edges", pa.list_(pa.float64()))]),
     "tensors": pa.schema([
