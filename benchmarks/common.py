@@ -25,7 +25,7 @@ def make_cfg(*overrides: str):
 
 def epoch_seconds(*overrides: str, epochs: int = 3, skip_first: bool = True) -> float:
     """Median seconds per epoch of paramlab's run() (training, validation and snapshot included)."""
-    from runner.train import run
+    from runner.engine import run
 
     with tempfile.TemporaryDirectory() as d:
         info = run(make_cfg(f"trainer.epochs={epochs}", *overrides), Path(d) / "run")

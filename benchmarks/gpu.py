@@ -13,7 +13,7 @@ from common import make_cfg
 
 
 def epoch_min(*overrides, epochs=4):
-    from runner.train import run
+    from runner.engine import run
 
     with tempfile.TemporaryDirectory() as d:
         info = run(make_cfg("device=cuda", f"trainer.epochs={epochs}", *overrides), Path(d) / "r")

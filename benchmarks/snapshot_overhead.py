@@ -19,7 +19,7 @@ MODELS = {"seed preset": ["experiment=seed_sharing"],
 
 
 def main() -> dict:
-    from runner.train import run
+    from runner.engine import run
 
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=4)

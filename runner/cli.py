@@ -1,28 +1,31 @@
-"""Checks every job of a command before anything runs, so a user mistake ends with one line
-on stderr, exit code 2, no traceback and no run directory created or touched.
+"""The command line: checks every job of a command before anything runs, then hands over to
+Hydra, whose task function (here) runs one job through the engine.
 
-`guard()` runs before Hydra's own entry point: it composes each job's config the way Hydra
-will (the command's overrides, a preset's `hydra.sweeper.params`, the cartesian product of
-sweep values), then checks schema, values, dataset, device, and builds the model on the
-meta device to find tie and init mistakes.
+`guard()` composes each job's config the way Hydra will (the command's overrides, a preset's
+`hydra.sweeper.params`, the cartesian product of sweep values), then checks schema, values,
+dataset, device, the model (built on the meta device; a user's model built and run once on a
+probe batch), and the run directories (another config there, or a live process writing it).
+A user mistake ends with one line on stderr, exit code 2, nothing created or touched. Anything
+else is a bug: exit code 1, one line naming a file that holds the traceback.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
+import tempfile
+import traceback
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from .config import UserError, register_configs
+from .config import UserError, plain_config, register_configs
 from .paths import register_resolvers
 
 register_resolvers()
 register_configs()
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 # Flags after which Hydra prints something instead of running: nothing to check.
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
                "--version", "--resolve", "--package", "-p", "--experimental-rerun"}
@@ -33,6 +36,39 @@ def fail(message: str, code: int = 2) -> None:
     message = " ".join(str(message).split())  # always one line
     print(f"paramlab: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def report_bug(error: BaseException, log_dir: Optional[Path] = None) -> None:
+    """A bug, not the user's mistake: the traceback into a file, one line naming it, exit 1."""
+    text = "".join(traceback.format_exception(error))
+    try:
+        if log_dir is not None and Path(log_dir).is_dir():
+            path = Path(log_dir) / "error.log"
+            path.write_text(text)
+        else:
+            fd, name = tempfile.mkstemp(prefix="paramlab-error-", suffix=".log")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            path = Path(name)
+    except OSError:
+        path = None
+    from .engine import one_line
+
+    where = f"traceback in {path}" if path else "traceback could not be written"
+    fail(f"internal error ({one_line(error)}); this is a bug in paramlab, not in your command; {where}", code=1)
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Mistakes in the command or config: ours (UserError) and Hydra's/OmegaConf's composition errors."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    cause: Optional[BaseException] = e
+    while cause is not None:
+        if isinstance(cause, (UserError, HydraException, OmegaConfBaseException)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _split_argv(argv: List[str]) -> Tuple[bool, List[str], bool]:
@@ -61,6 +97,8 @@ def describe_hydra_error(e: BaseException) -> str:
 
     from .config import describe_omegaconf_error
 
+    if isinstance(e, UserError):
+        return str(e)
     if isinstance(e, MissingConfigException):
         options = getattr(e, "options", None)
         missing = getattr(e, "missing_cfg_file", None) or ""
@@ -72,7 +110,7 @@ def describe_hydra_error(e: BaseException) -> str:
         return text
     if isinstance(e, OverrideParseException):
         return str(e).splitlines()[0]
-    cause = e
+    cause: Optional[BaseException] = e
     while cause is not None:
         if isinstance(cause, OmegaConfBaseException):
             return describe_omegaconf_error(cause)
@@ -81,14 +119,50 @@ def describe_hydra_error(e: BaseException) -> str:
     return first[0] if first else type(e).__name__
 
 
-def _compose(overrides: List[str]):
-    from hydra import compose, initialize_config_dir
+class Composer:
+    """Job configs as Hydra composes them, but fast: one full composition per distinct set of
+    config-group choices (model=..., sharing=...), then the job's value overrides applied with
+    Hydra's own override code (a full composition costs ~60 ms; a 90-job grid would spend
+    seconds twice over)."""
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    def __init__(self):
+        self.cache: dict = {}
+        self.groups: Optional[set] = None
+
+    def _full(self, overrides: Sequence[str]):
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+    def compose(self, overrides: Sequence[str]) -> DictConfig:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        if self.groups is None:
+            base = self._full([])
+            self.groups = set(base.hydra.runtime.choices.keys()) | {"experiment"}
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        group = [o for o in parsed if o.key_or_group.lstrip("+~") in self.groups
+                 or o.key_or_group.startswith("hydra/")]
+        values = [o for o in parsed if o not in group]
+        key = tuple(o.input_line for o in group)
+        if key not in self.cache:
+            try:
+                self.cache[key] = self._full(list(key))
+            except Exception as e:  # Hydra checks the overrides as it composes: their mistakes are the user's
+                raise UserError(describe_hydra_error(e)) from e
+        cfg = self.cache[key].copy()
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        with_values = [o.input_line for o in parsed if not o.key_or_group.startswith(("hydra.", "hydra/"))]
+        OmegaConf.update(cfg, "hydra.overrides.task", with_values, merge=False)
+        return cfg
 
 
-def expand_jobs(overrides: List[str], multirun: bool) -> Tuple[bool, List[List[str]], object, List[str]]:
+COMPOSER = Composer()
+
+
+def expand_jobs(overrides: List[str], multirun: bool) -> Tuple[bool, List[List[str]], DictConfig, List[str]]:
     """(is_multirun, job override lists, first config, swept keys) as Hydra's basic sweeper expands them."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -96,11 +170,10 @@ def expand_jobs(overrides: List[str], multirun: bool) -> Tuple[bool, List[List[s
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(overrides)
     # Compose once with the first value of each sweep to read the preset's hydra settings.
-    first_values = [_first_value(o) for o in parsed]
-    base = _compose(first_values)
-    multirun = multirun or str(base.hydra.mode) == "RunMode.MULTIRUN" or str(base.hydra.mode) == "MULTIRUN"
+    base = COMPOSER.compose([_first_value(o) for o in parsed])
+    multirun = multirun or str(base.hydra.mode) in ("RunMode.MULTIRUN", "MULTIRUN")
     if not multirun:
-        return False, [overrides], base, []
+        return False, [overrides], COMPOSER.compose(overrides), []
     params = base.hydra.sweeper.get("params") or {}
     preset = [f"{k}={v}" for k, v in params.items()]
     parsed = parser.parse_overrides(preset + overrides)
@@ -120,6 +193,7 @@ def check_job(cfg, checked_data: dict, need_data: bool = True) -> None:
     """Every check that can fail on a user mistake, short of training."""
     from . import data
     from .config import check_schema, validate
+    from .engine import build, resolve_device
 
     check_schema(cfg)
     validate(cfg)
@@ -129,10 +203,26 @@ def check_job(cfg, checked_data: dict, need_data: bool = True) -> None:
         checked_data[root] = data.dataset_size(root)
     if need_data:
         data.check_limit(cfg.data.limit, checked_data[root])
-    from .train import build, resolve_device
-
     resolve_device(cfg.device)
-    build(cfg, device="meta")
+    if cfg.model.name == "custom":
+        check_model(cfg)          # a user's model: built for real and run once
+    else:
+        build(cfg, device="meta")
+
+
+def check_model(cfg) -> None:
+    """Build the model on the CPU and run a probe batch through paramlab's batched forward."""
+    import torch
+
+    from .batched import Members, check_batchable
+    from .engine import build
+
+    state = torch.random.get_rng_state()
+    try:
+        model, tie_map = build(cfg)
+        check_batchable(Members([model], tie_map, "cpu", [0]))
+    finally:
+        torch.random.set_rng_state(state)
 
 
 def check_writable(key: str, path: str) -> None:
@@ -146,92 +236,197 @@ def check_writable(key: str, path: str) -> None:
         raise UserError(f"{key}={path}: cannot create it, {p} is not writable; choose another path")
 
 
-def lock_sweep(sweep_dir: Path) -> None:
-    """One command at a time per sweep directory: `.paramlab.lock` holds the owner's pid; a lock
-    whose process is gone (killed) is taken over. Released when this process exits."""
-    import atexit
+class Plan:
+    """What guard() found: the jobs and where they go."""
 
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    lock = sweep_dir / ".paramlab.lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                raise UserError(f"another paramlab command (pid {pid}) is running the sweep in {sweep_dir}; "
-                                "wait for it, or give this one another hydra.sweep.dir") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        atexit.register(lambda: lock.unlink(missing_ok=True))
-        return
+    def __init__(self, multirun: bool, jobs: List[List[str]], configs: List[DictConfig], base: DictConfig,
+                 swept: List[str], command: List[str], argv: List[str]):
+        self.multirun, self.jobs, self.configs, self.base, self.swept = multirun, jobs, configs, base, swept
+        self.command, self.argv = command, argv
 
 
-def _alive(pid: int) -> bool:
+def guard(command: str, argv: Optional[List[str]] = None, on_expanded=None) -> Optional[Plan]:
+    """Check the command line; exit 2 with one line on the first user mistake, exit 1 (traceback
+    in a file) on a bug. Returns the plan (None for commands Hydra answers itself, e.g. --help).
+
+    `on_expanded(plan)` is called once the jobs are known and the sweep's environment is set,
+    before the slower checks (model builds import torch): worker processes can start warming then."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        plan = _guard(command, list(sys.argv[1:] if argv is None else argv), on_expanded)
+        if plan is not None and argv is None:
+            sys.argv[1:] = plan.argv   # e.g. `-m sweep.resume=DIR` becomes the recorded command
+        return plan
+    except SystemExit:
+        raise
+    except Exception as e:
+        if is_user_error(e):
+            fail(describe_hydra_error(e))
+        report_bug(e)
+    return None
 
 
-def guard(command: str, argv: List[str] | None = None, on_expanded=None) -> None:
-    """Check the command line; exit 2 with one line on the first user mistake.
+def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
+    from .engine import check_run_dir
+    from .lock import DirLock
 
-    `on_expanded()` is called once the jobs are known and the sweep's environment is set, before
-    the slower checks (model builds import torch): sweep workers can start warming up then."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     multirun, overrides, skip = _split_argv(argv)
     if skip:
-        return
-    try:
-        multirun, jobs, base, swept = expand_jobs(overrides, multirun)
-    except UserError as e:
-        fail(str(e))
-    except Exception as e:  # Hydra / OmegaConf composition errors
-        fail(describe_hydra_error(e))
+        return None
+    resume = [o for o in overrides if o.startswith("sweep.resume=")]
+    if command == "train" and resume:
+        from .sweep import resume_argv
+
+        argv = resume_argv(argv, resume[0].split("=", 1)[1])
+        multirun, overrides, _ = _split_argv(argv)
+    multirun, jobs, base, swept = expand_jobs(overrides, multirun)
     if command != "train":
-        multirun = False
-        jobs = jobs[:1]
-    if multirun and base.sweep.resume not in (None, ""):
-        resume = Path(str(base.sweep.resume))
-        if not (resume / "sweep.json").is_file():
-            fail(f"sweep.resume={str(resume)!r} is not a sweep directory (no sweep.json in it); "
-                 "give a directory an earlier `-m` command wrote")
+        multirun, jobs = False, jobs[:1]
+    plan = Plan(multirun, jobs, [], base, swept, overrides, argv)
     if multirun:
         from .paths import sweep_dir
 
         # Read by the directory resolvers in every job, in this process or a worker process.
         os.environ["PARAMLAB_SWEEP_TOTAL"] = str(len(jobs))
-        os.environ["PARAMLAB_SWEEP_KEYS"] = json.dumps(swept)
+        os.environ["PARAMLAB_SWEEP_KEYS"] = __import__("json").dumps(swept)
         command_overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
         os.environ["PARAMLAB_SWEEP_DIR"] = sweep_dir(base.sweep.resume, command_overrides)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    target = Path(str(OmegaConf.select(COMPOSER.compose(jobs[0]) if multirun else base, key)))
     if command == "train":
-        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-        try:
-            check_writable(key, str(OmegaConf.select(base, key)))
-        except UserError as e:
-            fail(str(e))
+        check_writable(key, str(target))
+        if multirun:
+            from .lock import check_unlocked
+
+            check_unlocked(target, "sweep directory")
     if on_expanded:
-        on_expanded()
+        on_expanded(plan)
     checked_data: dict = {}
     for job in jobs:
         try:
-            cfg = _compose(job) if (multirun or job != overrides) else base
+            cfg = COMPOSER.compose(job) if multirun else base
             check_job(cfg, checked_data, need_data=command == "train")
-        except UserError as e:
-            fail(f"{e}" + (f" [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
+            if command == "train":
+                run_dir = _job_dir(cfg) if multirun else target
+                check_run_dir(cfg, run_dir, "job directory" if multirun else "hydra.run.dir")
         except Exception as e:
-            fail(describe_hydra_error(e) + (f" [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
+            if not is_user_error(e):
+                raise
+            suffix = f" [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""
+            raise UserError(describe_hydra_error(e) + suffix) from None
+        plan.configs.append(cfg)
     if multirun and command == "train":
-        try:
-            lock_sweep(Path(str(OmegaConf.select(base, "hydra.sweep.dir"))))
-        except UserError as e:
-            fail(str(e))
+        _HELD.append(DirLock(target, "sweep directory").acquire())   # held until this command ends
+        from .sweep import write_sweep_json
+
+        write_sweep_json(target, [o for o in argv if o not in ("-m", "--multirun")],
+                         [{"dir": _job_dir(c).name, "overrides": list(j)} for c, j in zip(plan.configs, jobs)])
+    return plan
+
+
+_HELD: list = []
+
+
+def _job_dir(cfg) -> Path:
+    return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+
+
+# ------------------------------------------------------------------------------------ the task
+
+def outcome_line(info: dict, label: str, sweep_dir: Optional[Path] = None) -> str:
+    """`paramlab: completed <overrides>: val_acc=..., 10/10 epochs, 3.1 s [k/N done]`."""
+    from .sweep import progress
+
+    final = info.get("final") or {}
+    acc = f"val_acc={final['val_acc']:.4f}" if final else "no completed epoch"
+    done = f" [{progress(sweep_dir)}]" if sweep_dir is not None else ""
+    return (f"paramlab: {info['status']} {label}: {acc}, {info['epochs_completed']}/{info['epochs']} epochs, "
+            f"{info.get('wall_time_s') or 0:.1f} s{done}")
+
+
+def task(cfg: DictConfig) -> Optional[dict]:
+    """The Hydra task: one run in Hydra's output directory (basic and joblib launchers)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .engine import run_members
+    from .sweep import job_device, job_threads, mark_failed
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    overrides = list(hc.overrides.task)
+    label = ",".join(overrides) or "(defaults)"
+    multirun = hc.mode == RunMode.MULTIRUN
+    threads = job_threads(hc)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        OmegaConf.update(cfg, "device", job_device(str(cfg.device), int(hc.job.num)), merge=False)
+    print(f"paramlab: start {label} -> {run_dir}", flush=True)
+    try:
+        result = run_members([cfg], [run_dir], [overrides])
+    except UserError as e:
+        print(f"paramlab: error: {e}", file=sys.stderr, flush=True)
+        if multirun:
+            mark_failed()
+            return None
+        sys.exit(2)
+    except BaseException as e:
+        print(f"paramlab: failed {label}: {_one_line(e)} (traceback in {run_dir / 'error.log'})",
+              file=sys.stderr, flush=True)
+        if multirun:
+            return None
+        sys.exit(1)
+    info = result.infos[0]
+    if multirun:
+        from .sweep import refresh_sweep_json
+
+        refresh_sweep_json(run_dir.parent)
+    print(outcome_line(info, label, run_dir.parent if multirun else None), flush=True)
+    if info["status"] != "completed" and not multirun:
+        where = f" (traceback in {run_dir / 'error.log'})" if info["status"] == "failed" else ""
+        print(f"paramlab: run {info['status']}: {info['error']}{where}", file=sys.stderr, flush=True)
+        if info["status"] == "failed":
+            sys.exit(1)
+    return info
+
+
+def _one_line(e: BaseException) -> str:
+    from .engine import one_line
+
+    return one_line(e)
+
+
+def main() -> None:
+    """`python -m runner.train [overrides]` / `paramlab-train`."""
+    import hydra
+
+    from .sweep import prewarm_workers, sweep_exit_code
+
+    warming = []
+
+    def warm(plan: Plan) -> None:
+        n = _parallel_workers(plan)
+        if n > 1:
+            warming.append(prewarm_workers(n))
+
+    guard("train", on_expanded=warm)
+    for thread in warming:
+        thread.join()
+    # An absolute path: works for `python -m`, console scripts and `python -c` alike.
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
+    sys.exit(sweep_exit_code())
+
+
+def _parallel_workers(plan: Plan) -> int:
+    """How many worker processes the command's launcher will use (to warm them up early)."""
+    if not plan.multirun:
+        return 0
+    launcher = str(plan.base.hydra.launcher.get("_target_", ""))
+    cores = os.cpu_count() or 1
+    if "joblib" in launcher:
+        n_jobs = plan.base.hydra.launcher.get("n_jobs", -1) or -1
+        return min(len(plan.jobs), cores if n_jobs < 0 else n_jobs)
+    if "Ensemble" in launcher:
+        return min(cores, len(plan.jobs))  # an upper bound: groups are known only after composing
+    return 0

@@ -13,13 +13,13 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-MODELS = ("mlp", "nest_mlp", "rgnet")
+MODELS = ("mlp", "nest_mlp", "rgnet", "lenet", "cnn", "custom")
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid")
 SHARINGS = ("none", "all_hidden", "groups")
 INITS = ("default", "normal", "constant", "xavier", "kaiming", "d2l_custom", "per_layer")
 RULE_INITS = tuple(i for i in INITS if i != "per_layer")
 OPTIMS = ("sgd", "adam")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 
 
 class UserError(Exception):
@@ -29,11 +29,17 @@ class UserError(Exception):
 @dataclass
 class ModelConfig:
     name: str = "mlp"
-    hidden: List[int] = field(default_factory=lambda: [8, 8, 8])
+    # Hidden widths (mlp, nest_mlp, rgnet); null for models that take none.
+    hidden: Optional[List[int]] = field(default_factory=lambda: [8, 8, 8])
+    # Conv widths of model=cnn; null elsewhere.
+    channels: Optional[List[int]] = None
     # One float for every hidden layer, or one per hidden layer (a list). `Any` because
     # OmegaConf has no Union type; validate() checks it.
     dropout: Any = 0.0
-    activation: str = "relu"
+    activation: Optional[str] = "relu"
+    # model=custom: the import path of a callable returning an nn.Module; every further key
+    # under `model` (added with ++model.KEY=VALUE) is one of its keyword arguments.
+    _target_: Optional[str] = None
 
 
 @dataclass
@@ -118,7 +124,10 @@ class Config:
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
+    from .launcher import register
+
     ConfigStore.instance().store(name="paramlab_schema", node=Config)
+    register()  # hydra/launcher=ensemble, also where Hydra's plugin scan has not run yet
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -132,23 +141,68 @@ def _number(key: str, value: Any, what: str) -> float:
     return float(value)
 
 
+# Built-in models: the config key holding their widths, and what their dropout applies to.
+WIDTH_KEY = {"mlp": "hidden", "nest_mlp": "hidden", "rgnet": "hidden", "cnn": "channels"}
+DROPOUT_SLOTS = {"mlp": "one per hidden layer", "cnn": "one per conv layer 2..n"}
+
+
+def dropout_slots(model: Any) -> int:
+    """How many dropout layers a built-in model has (0 for those without dropout)."""
+    if model.name == "mlp":
+        return len(model.hidden)
+    if model.name == "cnn":
+        return len(model.channels) - 1
+    return 0
+
+
 def dropout_list(model: Any) -> List[float]:
-    """model.dropout as one float per hidden layer (validated)."""
-    hidden = list(model.hidden)
-    dropout = model.dropout
-    if isinstance(dropout, (list, tuple, ListConfig)):
-        values = list(dropout)
-        if len(values) != len(hidden):
-            raise UserError(
-                f"model.dropout has {len(values)} values but model.hidden has {len(hidden)} layers; "
-                "give one float or one per hidden layer")
-    else:
-        values = [dropout] * len(hidden)
+    """model.dropout as one float per dropout layer of a built-in model (validated)."""
+    n = dropout_slots(model)
+    raw = 0.0 if model.dropout is None else model.dropout
+    is_list = isinstance(raw, (list, tuple, ListConfig))
+    values = list(raw) if is_list else [raw] * max(n, 1)
     for v in values:
-        p = _number("model.dropout", v, "a number in [0, 1) or a list of them, one per hidden layer")
+        p = _number("model.dropout", v, "a number in [0, 1) or a list of them, one per dropout layer")
         if not 0.0 <= p < 1.0:
             raise UserError(f"model.dropout={v!r} is outside [0, 1); use e.g. model.dropout=0.5")
+    if n == 0:
+        if any(float(v) for v in values):
+            raise UserError(f"model.dropout is only supported by model=mlp and model=cnn (model={model.name} has "
+                            "no dropout layers); set model.dropout=0")
+        return []
+    if is_list and len(values) != n:
+        raise UserError(f"model.dropout has {len(values)} values but model={model.name} has {n} dropout layers "
+                        f"({DROPOUT_SLOTS[model.name]}); give one float or one per dropout layer")
     return [float(v) for v in values]
+
+
+def model_kwargs(model: Any) -> dict:
+    """model=custom: the keyword arguments of model._target_ (every key under `model` but name and
+    _target_ that is set, i.e. not null)."""
+    plain = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
+    return {k: v for k, v in plain.items() if k not in ("name", "_target_") and v is not None}
+
+
+def _validate_model(m: Any) -> None:
+    _choice("model", m.name, MODELS)
+    if m.name == "custom":
+        if not m.get("_target_"):
+            raise UserError("model=custom needs model._target_=PKG.MODULE.NAME (an importable callable returning "
+                            "an nn.Module), e.g. model._target_=mymodels.Net")
+        return  # its arguments are checked when it is built
+    _choice("model.activation", m.activation, ACTIVATIONS)
+    key = WIDTH_KEY.get(m.name)
+    if key:
+        widths = m.get(key)
+        if widths is None or len(widths) == 0:
+            example = "model.channels=[16,16,16]" if key == "channels" else "model.hidden=[8,8,8]"
+            raise UserError(f"model.{key} is empty; give at least one width, e.g. {example}")
+        for w in widths:
+            if w < 1:
+                raise UserError(f"model.{key}={list(widths)} has width {w}; every width must be >= 1")
+    dropout_list(m)
+    if m.name == "nest_mlp" and len(m.hidden) != 2:
+        raise UserError(f"model=nest_mlp has exactly 2 hidden layers (net.0, net.2); got model.hidden={list(m.hidden)}")
 
 
 def without_hydra(cfg: DictConfig) -> DictConfig:
@@ -167,6 +221,9 @@ def check_schema(cfg: DictConfig) -> None:
 
     try:
         plain = plain_config(cfg)
+        model = plain.get("model")
+        if isinstance(model, dict) and model.get("name") == "custom":  # further keys: the model's arguments
+            plain["model"] = {k: v for k, v in model.items() if k in ModelConfig.__dataclass_fields__}
         OmegaConf.merge(OmegaConf.structured(Config), plain)
     except OmegaConfBaseException as e:
         raise UserError(describe_omegaconf_error(e)) from None
@@ -195,20 +252,7 @@ def describe_omegaconf_error(e: Exception) -> str:
 
 def validate(cfg: Any) -> None:
     """Value checks a dataclass type cannot express. Raises UserError (one line)."""
-    m = cfg.model
-    _choice("model", m.name, MODELS)
-    _choice("model.activation", m.activation, ACTIVATIONS)
-    if len(m.hidden) == 0:
-        raise UserError("model.hidden is empty; give at least one width, e.g. model.hidden=[8,8,8]")
-    for w in m.hidden:
-        if w < 1:
-            raise UserError(f"model.hidden={list(m.hidden)} has width {w}; every width must be >= 1")
-    drops = dropout_list(m)
-    if m.name != "mlp" and any(drops):
-        raise UserError(f"model.dropout is only supported by model=mlp (model={m.name} has no dropout layers); "
-                        "set model.dropout=0")
-    if m.name == "nest_mlp" and len(m.hidden) != 2:
-        raise UserError(f"model=nest_mlp has exactly 2 hidden layers (net.0, net.2); got model.hidden={list(m.hidden)}")
+    _validate_model(cfg.model)
 
     _choice("sharing", cfg.sharing.name, SHARINGS)
     if cfg.sharing.name == "groups" and len(cfg.sharing.groups) == 0:
@@ -263,4 +307,11 @@ def validate(cfg: Any) -> None:
     if s.activation_batch < 1:
         raise UserError(f"snapshot.activation_batch={s.activation_batch} must be >= 1")
 
-    _choice("device", cfg.device, DEVICES)
+    if not (cfg.device in DEVICES or re_device(cfg.device)):
+        raise UserError(f"device={cfg.device!r} is not allowed; choose one of: auto, cpu, cuda, cuda:N")
+
+
+def re_device(name: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"cuda:\d+", str(name)))

@@ -1,7 +1,9 @@
 """Initializers, applied after tying so a tied tensor is initialized once, as one tensor.
 
-Every named init sets the weights as named and the biases to zero; `default` keeps
-PyTorch's own initialization (Kaiming-uniform weights, uniform biases).
+They act on *layers*: modules that hold a `weight` of two or more dimensions (Linear, Conv2d,
+or a user's module), in `named_modules` order, every path of a reused module included. Every
+named init sets a layer's weight as named and its bias to zero; `default` keeps PyTorch's own
+initialization. Other parameters (norm layers' 1-d weights, a user's extra tensors) keep theirs.
 """
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from torch import nn
 from .config import UserError
 
 
-def _init_linear(m: nn.Linear, name: str, std: float = 0.01, value: float = 1.0) -> None:
+def _init_layer(m: nn.Module, name: str, std: float = 0.01, value: float = 1.0) -> None:
     w = m.weight
     if name == "default":
-        m.reset_parameters()
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
         return
     if name == "normal":
         nn.init.normal_(w, mean=0.0, std=std)
@@ -33,47 +36,53 @@ def _init_linear(m: nn.Linear, name: str, std: float = 0.01, value: float = 1.0)
         w.mul_(w.abs() >= 5)
     else:
         raise ValueError(name)
-    if m.bias is not None:
-        nn.init.zeros_(m.bias)
+    bias = getattr(m, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        nn.init.zeros_(bias)
 
 
-def linear_layers(model: nn.Module) -> List[Tuple[str, nn.Linear]]:
-    """(path, module) of every Linear layer in forward order, aliases of tied modules included."""
-    return [(p, m) for p, m in model.named_modules(remove_duplicate=False) if isinstance(m, nn.Linear)]
+def weight_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """(path, module) of every layer with a >= 2-d `weight`, aliases of tied modules included."""
+    out = []
+    for path, m in model.named_modules(remove_duplicate=False):
+        w = m._parameters.get("weight")
+        if isinstance(w, torch.Tensor) and w.dim() >= 2:
+            out.append((path, m))
+    return out
 
 
-def _rule_matches(model: nn.Module, pattern: str, path: str) -> bool:
+def _rule_matches(paths: List[str], pattern: str, path: str) -> bool:
     if pattern == "first":
-        return path == model.hidden_linears[0]
+        return path == paths[0]
     if pattern == "last":
-        return path == model.head
+        return path == paths[-1]
     return fnmatch.fnmatchcase(path, pattern)
 
 
 @torch.no_grad()
 def initialize(model: nn.Module, init_cfg) -> None:
-    """Apply the `init` config to every Linear layer; a tied tensor is initialized once."""
-    layers = linear_layers(model)
+    """Apply the `init` config to every layer; a tied tensor is initialized once."""
     if init_cfg.name == "default":
         return
+    layers = weight_layers(model)
     done = set()
     if init_cfg.name != "per_layer":
         for _, m in layers:
             if id(m.weight) not in done:
-                _init_linear(m, init_cfg.name, init_cfg.std, init_cfg.value)
+                _init_layer(m, init_cfg.name, init_cfg.std, init_cfg.value)
                 done.add(id(m.weight))
         return
     rules = list(init_cfg.rules)
     paths = [p for p, _ in layers]
     for k, rule in enumerate(rules):
-        if not any(_rule_matches(model, rule.module, p) for p in paths):
-            raise UserError(f"init.rules[{k}].module={rule.module!r} matches no Linear layer; use first, last, "
+        if not paths or not any(_rule_matches(paths, rule.module, p) for p in paths):
+            raise UserError(f"init.rules[{k}].module={rule.module!r} matches no layer; use first, last, "
                             f"a glob, or one of: {', '.join(paths)}")
     # The first matching rule decides for a layer; layers no rule matches keep PyTorch's init.
     for path, m in layers:
         for rule in rules:
-            if _rule_matches(model, rule.module, path):
+            if _rule_matches(paths, rule.module, path):
                 if id(m.weight) not in done:
-                    _init_linear(m, rule.init, rule.std, rule.value)
+                    _init_layer(m, rule.init, rule.std, rule.value)
                     done.add(id(m.weight))
                 break

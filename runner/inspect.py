@@ -18,10 +18,10 @@ register_configs()
 def table(cfg: DictConfig) -> str:
     import torch
 
-    from .train import build
+    from .engine import build
 
     torch.manual_seed(cfg.seed)
-    model, tie_map = build(cfg, device="meta")
+    model, tie_map = build(cfg, device=None if cfg.model.name == "custom" else "meta")
     groups = {p.canonical: k for k, p in enumerate(q for q in tie_map.params if q.tied)}
     rows = [("name", "shape", "numel", "tie group", "aliases", "call sites")]
     for p in tie_map.params:
@@ -46,12 +46,11 @@ def _task(cfg: DictConfig) -> None:
 def main() -> None:
     import hydra
 
-    from .cli import guard
+    from .cli import CONF_DIR, guard
 
     guard("inspect")
     # A single "run" that writes nothing: no output directory, no .hydra folder.
     sys.argv += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/hydra_logging=none", "hydra.mode=RUN"]
-    from .cli import CONF_DIR
 
     # An absolute path: works for `python -m`, console scripts and `python -c` alike.
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(_task)()

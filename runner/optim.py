@@ -1,74 +1,137 @@
-"""SGD and Adam as a few foreach ops, with torch.optim's exact update rules.
+"""SGD and Adam for stacked (K, ...) parameters, each member with its own learning rate,
+momentum and weight decay, with torch.optim's update rules (foreach implementation, no
+nesterov/amsgrad/maximize; checked against torch.optim in the tests).
 
-Why not torch.optim: constructing one imports torch's compiler stack (torch._dynamo, ~900
-modules, 1.5-3 s of start-up per process, measured), which is most of a small run's start-up
-and is paid again by every sweep worker. The updates below are torch.optim.SGD / Adam's
-(foreach implementation, no amsgrad/nesterov/maximize), checked against them in the tests.
+Why not torch.optim: it knows one learning rate per parameter group, not per row of a stacked
+tensor, and constructing one imports torch's compiler stack (torch._dynamo, ~900 modules,
+1.5-3 s of start-up per process, measured). Per-member hyperparameters are (K, 1, ...) views
+broadcast inside one foreach op per rule, which gives the same bits as torch.optim's scalar
+`alpha`, so a member's update does not depend on the other members.
+
+A member whose `alive` entry is 0 (diverged, failed) gets learning rate 0: frozen.
 """
 from __future__ import annotations
 
-import math
-from typing import Iterable, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
 
-class SGD:
-    def __init__(self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+class Optimizer:
+    def __init__(self, params: Sequence[torch.Tensor], optim_cfgs: Sequence, device, on_device_step: bool = False):
         self.params: List[torch.Tensor] = list(params)
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.buffers: Optional[List[torch.Tensor]] = None
+        self.name = optim_cfgs[0].name
+        self.k = len(optim_cfgs)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+        def column(key: str) -> torch.Tensor:
+            return torch.tensor([float(c.get(key, 0.0)) for c in optim_cfgs], dtype=torch.float32, device=device)
+
+        self.lr = column("lr")
+        self.lr_host = [float(c.lr) for c in optim_cfgs]         # as given: torch.optim's double maths
+        self.alive_host = [1.0] * self.k
+        self.alive = torch.ones(self.k, dtype=torch.float32, device=device)
+        self.neg_lr = -self.lr                                   # -(lr * alive), updated in place
+        self.weight_decay = column("weight_decay") if any(c.get("weight_decay", 0.0) for c in optim_cfgs) else None
+        self.momentum = column("momentum") if self.name == "sgd" and any(c.get("momentum", 0.0) for c in optim_cfgs) \
+            else None
+        self.buffers: Optional[List[torch.Tensor]] = None        # SGD momentum buffers
+        self.beta1, self.beta2, self.eps = 0.9, 0.999, 1e-8
+        self.t = 0
+        # On a GPU the Adam step count lives on the device, so a step can be a CUDA graph.
+        self.on_device_step = on_device_step
+        self.t_device = torch.zeros((), dtype=torch.float32, device=device)
+        if self.name == "adam":
+            self.exp_avg = [torch.zeros_like(p) for p in self.params]
+            self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        # Views made once: neg_lr is updated in place when a member is frozen.
+        self.neg_lr_views = self._per_member(self.neg_lr)
+        self.weight_decay_views = self._per_member(self.weight_decay) if self.weight_decay is not None else None
+        self.momentum_views = self._per_member(self.momentum) if self.momentum is not None else None
+
+    def _per_member(self, v: torch.Tensor) -> List[torch.Tensor]:
+        """(K,) -> one (K, 1, ...) view per parameter, broadcasting over its elements (K = 1: the
+        parameters are the member's plain tensors, so (1, ..., 1) of their dimension)."""
+        if self.k == 1:
+            return [v.view((1,) * p.dim()) if p.dim() else v.view(()) for p in self.params]
+        return [v.view(-1, *([1] * (p.dim() - 1))) for p in self.params]
+
+    def _row(self, t: torch.Tensor, k: int) -> torch.Tensor:
+        return (t if self.k == 1 else t[k]).clone()
+
+    def freeze(self, member: int) -> None:
+        self.alive_host[member] = 0.0
+        self.alive[member] = 0.0
+        torch.mul(self.lr, self.alive, out=self.neg_lr).neg_()
+
+    def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
-        params = [p for p in self.params if p.grad is not None]
-        grads = [p.grad for p in params]
-        if self.weight_decay:
-            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
-        if self.momentum:
-            if self.buffers is None:  # first step: the buffer is the gradient itself
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if self.weight_decay is not None:                        # L2: g + wd * p
+            grads = torch._foreach_addcmul(grads, self.params, self.weight_decay_views)
+        if self.name == "sgd":
+            self._sgd(grads)
+        else:
+            self._adam(grads)
+
+    def _sgd(self, grads) -> None:
+        if self.momentum is not None:
+            if self.buffers is None:                             # first step: the buffer is the gradient
                 self.buffers = [g.detach().clone() for g in grads]
             else:
-                torch._foreach_mul_(self.buffers, self.momentum)
+                torch._foreach_mul_(self.buffers, self.momentum_views)
                 torch._foreach_add_(self.buffers, grads)
             grads = self.buffers
-        torch._foreach_add_(params, grads, alpha=-self.lr)
+        if self.k == 1 and not self.on_device_step:              # one member: torch.optim's own call (same bits)
+            torch._foreach_add_(self.params, grads, alpha=-self.lr_host[0] * self.alive_host[0])
+        else:
+            torch._foreach_addcmul_(self.params, grads, self.neg_lr_views)
 
-
-class Adam:
-    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
-        self.params: List[torch.Tensor] = list(params)
-        self.lr, (self.beta1, self.beta2), self.eps, self.weight_decay = lr, betas, eps, weight_decay
-        self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-        self.t = 0
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.t += 1
-        idx = [i for i, p in enumerate(self.params) if p.grad is not None]
-        params = [self.params[i] for i in idx]
-        grads = [self.params[i].grad for i in idx]
-        m = [self.exp_avg[i] for i in idx]
-        v = [self.exp_avg_sq[i] for i in idx]
-        if self.weight_decay:
-            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
-        torch._foreach_lerp_(m, grads, 1 - self.beta1)
-        torch._foreach_mul_(v, self.beta2)
-        torch._foreach_addcmul_(v, grads, grads, 1 - self.beta2)
-        bias_correction1 = 1 - self.beta1 ** self.t
-        bias_correction2 = 1 - self.beta2 ** self.t
-        step_size = self.lr / bias_correction1
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, math.sqrt(bias_correction2))
+    def _adam(self, grads) -> None:
+        torch._foreach_lerp_(self.exp_avg, grads, 1 - self.beta1)
+        torch._foreach_mul_(self.exp_avg_sq, self.beta2)
+        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, 1 - self.beta2)
+        if self.on_device_step:
+            self.t_device += 1
+            correction1 = 1 - torch.pow(self.beta1, self.t_device)
+            sqrt_correction2 = (1 - torch.pow(self.beta2, self.t_device)).sqrt()
+            step = self.neg_lr / correction1                     # (K,)
+        else:
+            self.t += 1
+            correction1 = 1 - self.beta1 ** self.t
+            sqrt_correction2 = (1 - self.beta2 ** self.t) ** 0.5
+            # torch.optim rounds lr / correction once, in double: so do we, per member.
+            step = torch.tensor([-(lr * alive / correction1) for lr, alive in zip(self.lr_host, self.alive_host)],
+                                dtype=torch.float32, device=self.lr.device)
+        denom = torch._foreach_sqrt(self.exp_avg_sq)
+        torch._foreach_div_(denom, sqrt_correction2)
         torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(params, m, denom, -step_size)
+        ratio = torch._foreach_div(self.exp_avg, denom)
+        torch._foreach_addcmul_(self.params, ratio, self._per_member(step))
+
+    # ------------------------------------------------------------------ checkpoints
+    def member_state(self, k: int) -> Dict[str, object]:
+        """Member k's optimizer state (tensors cloned, so saving stores only its rows)."""
+        state: Dict[str, object] = {"name": self.name, "t": int(self.t_device.item()) if self.on_device_step else self.t}
+        if self.buffers is not None:
+            state["momentum_buffer"] = [self._row(b, k) for b in self.buffers]
+        if self.name == "adam":
+            state["exp_avg"] = [self._row(m, k) for m in self.exp_avg]
+            state["exp_avg_sq"] = [self._row(v, k) for v in self.exp_avg_sq]
+        return state
+
+    def load_member_states(self, states: Sequence[dict]) -> None:
+        """Restore every member's state (all members continue from the same epoch)."""
+        self.t = int(states[0]["t"])
+        self.t_device.fill_(self.t)
+        with torch.no_grad():
+            if "momentum_buffer" in states[0] and self.momentum is not None:
+                self.buffers = [torch.stack([s["momentum_buffer"][i] for s in states]).reshape(p.shape).to(p.device)
+                                for i, p in enumerate(self.params)]
+            if self.name == "adam":
+                for i, p in enumerate(self.params):
+                    self.exp_avg[i].copy_(torch.stack([s["exp_avg"][i] for s in states]).reshape(p.shape))
+                    self.exp_avg_sq[i].copy_(torch.stack([s["exp_avg_sq"][i] for s in states]).reshape(p.shape))

@@ -21,8 +21,10 @@ _CLI_UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]+")
 
 
 def slug(text: str, max_len: int = 80) -> str:
+    """A filesystem-safe name for `text`, one-to-one: when characters had to be replaced (`/a/b`
+    and `/a_b` both read `_a_b`) or the name cut short, a hash of the full text is appended."""
     s = _UNSAFE.sub("_", text).strip("_") or "default"
-    if len(s) > max_len:
+    if s != text or len(s) > max_len:
         s = s[:max_len - 9] + "~" + hashlib.sha1(text.encode()).hexdigest()[:8]
     return s
 
@@ -34,11 +36,16 @@ def sweep_dir(resume, task_overrides) -> str:
     # overrides (set by runner.cli.guard before Hydra starts) name the sweep.
     if os.environ.get("PARAMLAB_SWEEP_DIR"):
         return os.environ["PARAMLAB_SWEEP_DIR"]
+    return default_sweep_dir(task_overrides)
+
+
+def default_sweep_dir(task_overrides) -> str:
     overrides = sorted(str(o) for o in (task_overrides or []) if not str(o).startswith("sweep.resume="))
     digest = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
     # No '=', ',' or brackets: the path must pass as `sweep.resume=PATH` without quoting.
     readable = "__".join(o.replace("=", "-").replace(",", "+") for o in overrides)
-    return f"{SWEEP_ROOT}/{_CLI_UNSAFE.sub('_', slug(readable, 60)).strip('_') or 'default'}-{digest}"
+    readable = _CLI_UNSAFE.sub("_", readable).strip("_")[:60].strip("_") or "default"
+    return f"{SWEEP_ROOT}/{readable}-{digest}"  # the digest of every override makes it one-to-one
 
 
 EXCLUDED_FROM_JOB_DIR = ("sweep.resume", "trainer.progress")

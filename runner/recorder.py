@@ -1,135 +1,206 @@
-"""What a run records each epoch: parameter values, mean gradients, per-call-site gradients,
-activation statistics; turned into rows of the `params/`, `tensors/`, `activations/` tables.
+"""What a run records at a snapshot epoch, for all K members at once: parameter values, mean
+gradients, per-call-site gradients, updates since the previous snapshot, diagnostics and
+activation statistics; turned into each member's `params/`, `tensors/`, `activations/` rows.
 
-The training loop calls `accumulate()` after every backward (before the optimizer step and
-before the next zero_grad) and `snapshot(epoch, ...)` at the end of a snapshot epoch.
+The loop calls `reset()` at the start of a snapshot epoch, `accumulate()` after every backward
+(before the optimizer step and the next zero_grad) and `snapshot(epoch, steps, ...)` at its end.
+Statistics are computed for the stacked (K, ...) tensors in batched ops (runner.stats) and
+copied to the host once per snapshot.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence
 
+import numpy as np
+import pyarrow as pa
 import torch
-from torch import nn
 
 from . import snapshot
-from .sharing import SiteGradients, TieMap
+from .batched import Members
+from .stats import stacked_stats
 
 
 class Recorder:
-    def __init__(self, model: nn.Module, tie_map: TieMap, snap_cfg, run_dir: Path, activation_x: torch.Tensor):
-        self.model = model
-        self.tie_map = tie_map
+    def __init__(self, members: Members, snap_cfg, activation_x: torch.Tensor, layers: Sequence[str]):
+        self.members = members
         self.cfg = snap_cfg
-        self.run_dir = Path(run_dir)
-        self.activation_x = activation_x  # fixed held-out batch, (B, 1, 28, 28)
-        named = dict(model.named_parameters())
-        self.names = [p.canonical for p in tie_map.params]
-        self.params = [named[n] for n in self.names]
-        self.grad_sums = [torch.zeros_like(p) for p in self.params]
-        self.sites = SiteGradients(model, tie_map)
+        self.activation_x = activation_x          # fixed held-out batch shared by all members, (B, 1, 28, 28)
+        self.layers = list(layers)
+        # Sums over the epoch's steps, shaped like the leaves the optimizer steps.
+        self.grad_sums = [torch.zeros_like(p) for p in members.leaves]
+        # Elementwise sums of squared step gradients: step_var = sum(g^2)/steps - ||mean g||^2, per member.
+        self.square_sums = [torch.zeros_like(p) for p in members.leaves]
+        self.previous: Optional[List[torch.Tensor]] = None   # values at the previous snapshot epoch
+        self.previous_epoch = -1
 
     # ---------------------------------------------------------------- per step
     def accumulate(self) -> None:
-        """Add this step's .grad of every parameter to the epoch's sums (one foreach op)."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        """Add this step's .grad (and its square) to the epoch's sums: two foreach ops."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.members.leaves]
         torch._foreach_add_(self.grad_sums, grads)
+        torch._foreach_addcmul_(self.square_sums, grads, grads)
 
     def reset(self) -> None:
         torch._foreach_zero_(self.grad_sums)
-        self.sites.reset()
+        torch._foreach_zero_(self.square_sums)
+        if self.members.site_sums:
+            torch._foreach_zero_(list(self.members.site_sums.values()))
 
-    def close(self) -> None:
-        self.sites.remove()
-
-    # ---------------------------------------------------------------- per epoch
+    # ---------------------------------------------------------------- per snapshot epoch
     @torch.no_grad()
-    def snapshot(self, epoch: int, with_grads: bool, steps: int = 1) -> None:
-        """Write params/ (+ tensors/) and activations/ for `epoch` (0 = right after init);
-        `steps`: optimizer steps since reset(), to turn the gradient sums into means. (Counted by
-        the loop, not here: a replayed CUDA graph runs no Python.)"""
-        grads = sites = None
-        if with_grads:
-            scale = 1.0 / max(steps, 1)
-            grads = torch._foreach_mul(self.grad_sums, scale)  # mean over the epoch's steps
-            sites = {key: s * scale for key, s in self.sites.sums.items()}
-        write_param_snapshot(self.run_dir, epoch, self.cfg, self.tie_map, self.params, grads, sites)
-        outputs = hidden_outputs(self.model, self.activation_x)
-        write_activation_stats(self.run_dir, epoch, list(self.model.hidden_outputs), outputs)
+    def snapshot(self, epoch: int, steps: int, run_dirs: Sequence[Path], active: Sequence[int],
+                 on_error=None) -> List[int]:
+        """Write `params/` (+ `tensors/`) and `activations/` of `epoch` for the members in `active`
+        (0 = right after init: values only). `steps`: optimizer steps since reset(), counted by the
+        loop (a replayed CUDA graph runs no Python). A member whose files fail is passed to
+        `on_error(member, exception)` (or the exception is raised); returns the members written."""
+        m = self.members
+        k = m.k
+        values = [p.detach() for p in m.params]
+        rows = [(n, "value", None, v) for n, v in zip(m.names, values)]   # (name, kind, site, (K, ...))
+        stat_of = list(range(len(rows)))              # row -> index of its statistics (untied sites reuse)
+        extra = {}                                    # row index -> (K,) cos_grad or step_var
+        if steps:
+            grads = [g.view(v.shape) for g, v in zip(torch._foreach_div(self.grad_sums, float(steps)), values)]
+            first_grad = len(rows)
+            for i, (n, g) in enumerate(zip(m.names, grads)):
+                # mean over steps of ||g_step - mean||^2 = sum(g_step^2)/steps - ||mean||^2 (sums over elements)
+                step_var = (self.square_sums[i].double().reshape(k, -1).sum(1) / steps
+                            - g.double().reshape(k, -1).square().sum(1)).clamp(min=0)
+                extra[len(rows)] = ("step_var", step_var)
+                rows.append((n, "grad", None, g))
+                stat_of.append(len(stat_of))
+            for i, info in enumerate(m.tie_map.params):
+                g = grads[i]
+                for site in info.call_sites:
+                    if info.tied:
+                        s = m.site_sums[(info.canonical, site)].view(g.shape) / steps
+                        extra[len(rows)] = ("cos_grad", _cosine(s, g))
+                        rows.append((info.canonical, "grad_site", site, s))
+                        stat_of.append(len(stat_of))
+                    else:  # one call site: its share is the whole gradient (same statistics, not stored twice)
+                        extra[len(rows)] = ("cos_grad", torch.ones(k, dtype=torch.float64, device=g.device))
+                        rows.append((info.canonical, "grad_site", site, g))
+                        stat_of.append(stat_of[first_grad + i])
+            if self.previous is not None:
+                for n, v, prev in zip(m.names, values, self.previous):
+                    rows.append((n, "update", None, v - prev))
+                    stat_of.append(len(stat_of))
+        unique = sorted(set(stat_of))
+        position = {r: j for j, r in enumerate(unique)}
+        stats = stacked_stats([rows[r][3] for r in unique], self.cfg.hist_bins, self.cfg.quantile_sample)
+        picks = [position[s] for s in stat_of]
+        extras = {r: v.double().cpu().numpy() for r, (_, v) in extra.items()}
+        stored = [r for r in unique if rows[r][1] in ("value", "grad", "grad_site")]   # full tensors
+        flat = torch.cat([rows[r][3].reshape(k, -1).float() for r in stored], 1).cpu().numpy() \
+            if self.cfg.tensors else None
+        outputs = activation_outputs(m, self.activation_x, self.layers)
+        act = activation_stats(m, outputs) if outputs else None
+        written = []
+        for member in active:
+            try:
+                self._write(member, Path(run_dirs[member]), epoch, rows, stats, picks, extra, extras, stored, flat,
+                            outputs, act)
+                written.append(member)
+            except Exception as e:
+                if on_error is None:
+                    raise
+                on_error(member, e)
+        self.previous = [v.clone() for v in values]
+        self.previous_epoch = epoch
+        return written
+
+    def _write(self, member, run_dir, epoch, rows, stats, picks, extra, extras, stored, flat, outputs, act) -> None:
+        cols = {"epoch": [epoch] * len(rows), "name": [r[0] for r in rows], "kind": [r[1] for r in rows],
+                "site": [r[2] for r in rows], "shape": [list(r[3].shape[1:]) for r in rows]}
+        for key, column in stats.items():
+            picked = column[member][picks]
+            cols[key] = list(picked) if picked.ndim == 2 else picked
+        for key in ("cos_grad", "step_var"):
+            cols[key] = [float(extras[r][member]) if r in extra and extra[r][0] == key else None
+                         for r in range(len(rows))]
+        snapshot.write_table(run_dir, "params", epoch, cols)
+        if flat is not None:
+            snapshot.write_table(run_dir, "tensors", epoch,
+                                 tensors_columns(epoch, [rows[r] for r in stored], flat[member]))
+        if act is not None:
+            write_activations(run_dir, epoch, outputs, act[member])
 
 
-def write_param_snapshot(run_dir: Path, epoch: int, snap_cfg, tie_map: TieMap, values, grads=None,
-                         site_grads=None) -> None:
-    """The `params/` (and `tensors/`) file of one epoch. `values` and `grads` are aligned with
-    `tie_map.params`; `site_grads[(canonical, site)]` holds each tied parameter's per-site mean."""
-    names = [p.canonical for p in tie_map.params]
-    rows = [(n, "value", None, v) for n, v in zip(names, values)]
-    site_rows = []
-    if grads is not None:
-        rows += [(n, "grad", None, g) for n, g in zip(names, grads)]
-        for info, g in zip(tie_map.params, grads):
-            if info.tied:
-                site_rows += [(info.canonical, "grad_site", site, site_grads[(info.canonical, site)])
-                              for site in info.call_sites]
-            else:  # one call site: its contribution is the whole gradient
-                site_rows.append((info.canonical, "grad_site", info.call_sites[0], g))
-    # Statistics of values, grads and tied sites in one batched call; an untied site row
-    # reuses its grad's statistics (same tensor), and its tensor is not stored twice.
-    tied = {p.canonical for p in tie_map.params if p.tied}
-    stat_rows = list(rows)
-    grad_pos = {r[0]: i for i, r in enumerate(rows) if r[1] == "grad"}
-    index = list(range(len(rows)))
-    for r in site_rows:
-        if r[0] in tied:
-            index.append(len(stat_rows))
-            stat_rows.append(r)
-        else:
-            index.append(grad_pos[r[0]])
-    stats = snapshot.tensor_stats([r[3] for r in stat_rows], snap_cfg.hist_bins, snap_cfg.quantile_sample)
-    all_rows = rows + site_rows
-    cols = {"epoch": [epoch] * len(all_rows), "name": [r[0] for r in all_rows],
-            "kind": [r[1] for r in all_rows], "site": [r[2] for r in all_rows],
-            "shape": [list(r[3].shape) for r in all_rows]}
-    for key, column in stats.items():
-        picked = column[index]
-        cols[key] = [list(v) for v in picked] if picked.ndim == 2 else picked
-    cols["cos_grad"] = cols["step_var"] = [None] * len(all_rows)
-    snapshot.write_table(run_dir, "params", epoch, cols)
-    if snap_cfg.tensors:
-        snapshot.write_table(run_dir, "tensors", epoch, snapshot.tensors_columns(epoch, stat_rows))
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per member cosine between two (K, ...) tensors (NaN where either is zero)."""
+    a, b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
-def hidden_outputs(model: nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
-    """Each hidden layer's output (model.hidden_outputs) for `x`, in eval mode, without grad."""
-    outputs: List[torch.Tensor] = []
-    handles = [model.get_submodule(path).register_forward_hook(lambda m, i, o: outputs.append(o))
-               for path in model.hidden_outputs]
+def tensors_columns(epoch: int, rows: Sequence[tuple], flat: np.ndarray) -> dict:
+    """Columns of the `tensors` table: rows (name, kind, site, (K, ...) tensor) and one member's
+    values of all of them end to end (float32), as one list array without per-element Python."""
+    sizes = [int(np.prod(r[3].shape[1:], dtype=np.int64)) for r in rows]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    values = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.float32()))
+    return {"epoch": [epoch] * len(rows), "name": [r[0] for r in rows], "kind": [r[1] for r in rows],
+            "site": [r[2] for r in rows], "shape": [list(r[3].shape[1:]) for r in rows], "values": values}
+
+
+def activation_outputs(members: Members, x: torch.Tensor, layers: Sequence[str]) -> dict:
+    """Each hidden layer's output for the fixed batch x (shared by all members), in eval mode,
+    without grad, as (K, B, features). A module reused at several paths is told apart by call order."""
+    if not layers:
+        return {}
+    model = members.model
+    by_object: dict = {}
+    for path in layers:
+        module = model.get_submodule(path)
+        by_object.setdefault(id(module), (module, []))[1].append(path)
+    outputs: dict = {}
+
+    def hook_for(paths: List[str]):
+        calls = [0]
+
+        def hook(module, inputs, output):
+            k = calls[0]
+            calls[0] += 1
+            name = paths[k] if k < len(paths) else f"{paths[-1]}#{k + 1}"
+            outputs[name] = members.member_view(output).flatten(2)
+
+        return hook
+
+    handles = [module.register_forward_hook(hook_for(paths)) for module, paths in by_object.values()]
     was_training = model.training
-    model.eval()
+    members.train(False)
     try:
         with torch.no_grad():
-            model(x)
+            members.forward(x, [(0, members.k)])
     finally:
-        model.train(was_training)
+        members.train(was_training)
         for h in handles:
             h.remove()
-    return outputs
+    return {path: outputs[path] for path in layers if path in outputs}
 
 
-def write_activation_stats(run_dir: Path, epoch: int, layers: List[str], outputs: List[torch.Tensor]) -> None:
-    """The seed's stat_activation_variance and dead units, per hidden layer output (B, units)."""
-    stats = []
-    for a in outputs:
-        a = a.flatten(1).double()
+def activation_stats(members: Members, outputs: dict) -> np.ndarray:
+    """(K, layers, 4): mean, the seed's stat_activation_variance, frac_dead (units zero for every
+    example) and frac_zero of each hidden layer output (K, B, units)."""
+    rows = []
+    for a in outputs.values():
+        a = a.double()
         zero = a == 0
-        stats.append(torch.stack([
-            a.mean(),
-            ((a - a.mean(0, keepdim=True)) ** 2).mean(),   # the seed's activation variance
-            zero.all(0).double().mean(),                     # units zero for every example
-            zero.double().mean()]))
-    host = torch.stack(stats).cpu().numpy()
+        rows.append(torch.stack([
+            a.mean((1, 2)),
+            (a - a.mean(1, keepdim=True)).square().mean((1, 2)),   # the seed's activation variance
+            zero.all(1).double().mean(1),                            # units zero for every example
+            zero.double().mean((1, 2))], dim=1))
+    return torch.stack(rows, dim=1).cpu().numpy()
+
+
+def write_activations(run_dir: Path, epoch: int, outputs: dict, act: np.ndarray) -> None:
+    """One member's `activations/` file: `outputs` names the layers and gives their (K, B, units)
+    shapes, `act` its (layers, 4) statistics."""
+    shapes = [o.shape for o in outputs.values()]
     snapshot.write_table(run_dir, "activations", epoch, {
-        "epoch": [epoch] * len(layers), "layer": layers,
-        "units": [int(o.flatten(1).shape[1]) for o in outputs],
-        "examples": [int(outputs[0].shape[0])] * len(layers),
-        "mean": host[:, 0], "var": host[:, 1], "frac_dead": host[:, 2], "frac_zero": host[:, 3]})
+        "epoch": [epoch] * len(shapes), "layer": list(outputs),
+        "units": [int(s[2]) for s in shapes], "examples": [int(s[1]) for s in shapes],
+        "mean": act[:, 0], "var": act[:, 1], "frac_dead": act[:, 2], "frac_zero": act[:, 3]})

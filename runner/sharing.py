@@ -6,11 +6,11 @@ returns a `TieMap`. The modules themselves stay distinct objects, one per positi
 call site of a shared tensor is a module path of its own and can be told apart.
 
 `named_parameters()` lists a shared tensor once, under its canonical name (the first path),
-and autograd sums every use into its `.grad`. `SiteGradients` splits that sum back into the
-part that flowed through each call site: each tied call site reads its weight and bias
-through an identity autograd Function whose backward accumulates into per-site buffers. The views do not
-change any result, and only tied parameters get them (an untied parameter's single site
-*is* its `.grad`).
+and autograd sums every use into its `.grad`. The engine (runner.batched) splits that sum back
+into the part that flowed through each call site: each call site reads its tied tensors through
+`SiteTap`, an identity autograd Function whose backward accumulates into per-site buffers. The
+taps change no result, and only tied tensors get them (an untied parameter's single site *is*
+its `.grad`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import UserError
@@ -75,51 +74,88 @@ def build_tie_map(model: nn.Module) -> TieMap:
 
 
 def resolve_groups(model: nn.Module, sharing_cfg) -> List[List[str]]:
-    """The lists of module paths to tie, from the `sharing` config (validated)."""
+    """The lists of module (or parameter) paths to tie, from the `sharing` config (validated)."""
     if sharing_cfg.name == "none":
         return []
     if sharing_cfg.name == "all_hidden":
-        paths = list(model.hidden_linears)
-        widths = [model.get_submodule(p).out_features for p in paths]
+        paths = getattr(model, "hidden_layers", None)
+        if paths is None:
+            raise UserError("sharing=all_hidden needs a model that names its hidden layers (a `hidden_layers` list "
+                            "of module paths); tie this model's layers with sharing=groups instead")
+        paths = list(paths)
+        key = "model.channels" if isinstance(model.get_submodule(paths[0]), nn.Conv2d) else "model.hidden"
+        shapes = [[tuple(p.shape) for p in model.get_submodule(path).parameters()] for path in paths]
+        widths = [_width(model.get_submodule(p)) for p in paths]
         if len(paths) < 3:
-            raise UserError(f"sharing=all_hidden ties hidden layers 2..n, so model.hidden needs at least 3 "
-                            f"widths; got {widths}")
-        if len(set(widths)) != 1:
-            raise UserError(f"sharing=all_hidden needs equal hidden widths (it reuses one Linear for layers "
-                            f"2..n); got model.hidden={widths}, e.g. use model.hidden=[8,8,8]")
+            raise UserError(f"sharing=all_hidden ties hidden layers 2..n, so {key} needs at least 3 widths; "
+                            f"got {widths}")
+        if any(s != shapes[1] for s in shapes[2:]):
+            raise UserError(f"sharing=all_hidden needs equal hidden widths (it reuses one layer for layers 2..n); "
+                            f"got {key}={widths}, e.g. use {key}=[{widths[1]},{widths[1]},{widths[1]}]")
         return [paths[1:]]
     return [list(map(str, g)) for g in sharing_cfg.groups]
 
 
-def _module(model: nn.Module, path: str) -> nn.Module:
+def _width(module: nn.Module):
+    return getattr(module, "out_features", None) or getattr(module, "out_channels", None)
+
+
+def _with_params(model: nn.Module) -> List[str]:
+    return [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+
+
+def _resolve(model: nn.Module, path: str):
+    """("module", module) or ("param", (owner module, leaf name)) for a sharing.groups entry."""
     try:
-        if not path:
-            raise AttributeError
-        return model.get_submodule(path)
+        if path:
+            return "module", model.get_submodule(path)
     except AttributeError:
-        with_params = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
-        raise UserError(f"sharing.groups: no module {path!r} in this model; modules with parameters: "
-                        + ", ".join(with_params)) from None
+        pass
+    owner_path, _, leaf = path.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_path) if owner_path else model
+        if isinstance(owner._parameters.get(leaf), nn.Parameter):
+            return "param", (owner, leaf)
+    except AttributeError:
+        pass
+    raise UserError(f"sharing.groups: no module or parameter {path!r} in this model; modules with parameters: "
+                    + ", ".join(_with_params(model)))
 
 
 def tie(model: nn.Module, sharing_cfg) -> TieMap:
-    """Tie the module groups the sharing config names; return the model's TieMap."""
+    """Tie what the sharing config names; return the model's TieMap.
+
+    A group of module paths (any module type: Linear, Conv2d, norms, a user's module) makes the
+    later modules hold the first one's Parameter objects, which needs identical parameter names
+    and shapes; a group of parameter paths (`conv2.weight`) ties just those tensors."""
     groups = resolve_groups(model, sharing_cfg)
     used: Dict[str, int] = {}
     for k, group in enumerate(groups):
         if len(group) < 2:
-            raise UserError(f"sharing.groups[{k}]={group} names fewer than 2 modules; a tie group needs 2 or more")
+            raise UserError(f"sharing.groups[{k}]={group} names fewer than 2 paths; a tie group needs 2 or more")
         for path in group:
             if path in used:
-                raise UserError(f"sharing.groups: module {path!r} appears in more than one group; "
-                                "merge those groups into one")
+                raise UserError(f"sharing.groups: {path!r} appears in more than one group; merge those groups into one")
             used[path] = k
-        source = _module(model, group[0])
+        resolved = [_resolve(model, path) for path in group]
+        kinds = {kind for kind, _ in resolved}
+        if len(kinds) > 1:
+            raise UserError(f"sharing.groups[{k}]={group} mixes module and parameter paths; tie modules with modules "
+                            "(e.g. [conv2,conv3]) or parameters with parameters (e.g. [conv2.weight,conv3.weight])")
+        if kinds == {"param"}:
+            (src_owner, src_leaf) = resolved[0][1]
+            source = src_owner._parameters[src_leaf]
+            for path, (_, (owner, leaf)) in zip(group[1:], resolved[1:]):
+                if tuple(owner._parameters[leaf].shape) != tuple(source.shape):
+                    raise UserError(f"sharing.groups: cannot tie {group[0]} {list(source.shape)} with {path} "
+                                    f"{list(owner._parameters[leaf].shape)}: shapes differ")
+                setattr(owner, leaf, source)
+            continue
+        source = resolved[0][1]
         src_params = dict(source.named_parameters())
         if not src_params:
             raise UserError(f"sharing.groups: module {group[0]!r} has no parameters to share")
-        for path in group[1:]:
-            target = _module(model, path)
+        for path, (_, target) in zip(group[1:], resolved[1:]):
             dst_params = dict(target.named_parameters())
             src_shapes = {n: tuple(p.shape) for n, p in src_params.items()}
             dst_shapes = {n: tuple(p.shape) for n, p in dst_params.items()}
@@ -136,53 +172,11 @@ def _shapes(shapes: Dict[str, tuple]) -> str:
     return "(" + ", ".join(f"{n} {list(s)}" for n, s in shapes.items()) + ")"
 
 
-class SiteGradients:
-    """Per-call-site gradient sums for every tied parameter, captured inside autograd.
-
-    `sums[(canonical, site)]` accumulates, over the steps since `reset()`, the gradient that
-    flowed through the module call at `site`. For each tied parameter the sites' sums add up
-    to the sum of its `.grad` over the same steps.
-    """
-
-    def __init__(self, model: nn.Module, tie_map: TieMap):
-        self.sums: Dict[Tuple[str, str], torch.Tensor] = {}
-        self._restore: List[nn.Module] = []
-        taps_by_site: Dict[str, Dict[str, torch.Tensor]] = {}
-        params = dict(model.named_parameters())
-        for info in tie_map.params:
-            if not info.tied:
-                continue
-            for alias, site in zip(info.aliases, info.call_sites):
-                buf = torch.zeros_like(params[info.canonical], memory_format=torch.contiguous_format)
-                self.sums[(info.canonical, site)] = buf
-                taps_by_site.setdefault(site, {})[alias.rsplit(".", 1)[1]] = buf
-        seen_modules = set()
-        for site, taps in taps_by_site.items():
-            module = model.get_submodule(site)
-            if not isinstance(module, nn.Linear):
-                raise UserError(f"per-call-site gradients need tied modules to be Linear layers; {site} is "
-                                f"{type(module).__name__}")
-            if id(module) in seen_modules:  # one module object at two paths: its calls can't be told apart
-                raise UserError(f"module {site} is the same object as another tied path; tie by sharing "
-                                "parameters (sharing.groups) instead of reusing the module")
-            seen_modules.add(id(module))
-            module.forward = _tapped_linear_forward(module, taps)
-            self._restore.append(module)
-
-    def reset(self) -> None:
-        if self.sums:
-            torch._foreach_zero_(list(self.sums.values()))
-
-    def remove(self) -> None:
-        for module in self._restore:
-            del module.forward  # back to the class's forward
-        self._restore.clear()
-
-
-class _SiteTap(torch.autograd.Function):
-    """Identity on a call site's parameters; its backward adds the gradient flowing through
-    this call into the site's accumulators and passes it on unchanged. One Function per call
-    (weight and bias together) costs about half of two tensor hooks."""
+class SiteTap(torch.autograd.Function):
+    """Identity on the parameters one call site reads; its backward adds the gradient flowing
+    through this call into the site's accumulators and passes it on unchanged, so capturing
+    changes no result. One Function per call (all of a site's tensors together) costs about
+    half of one tensor hook per tensor."""
 
     @staticmethod
     def forward(ctx, accumulators, *params):
@@ -195,18 +189,3 @@ class _SiteTap(torch.autograd.Function):
             if acc is not None and g is not None:
                 acc.add_(g)
         return (None, *grads)
-
-
-def _tapped_linear_forward(module: nn.Linear, taps: Dict[str, torch.Tensor]):
-    accumulators = (taps.get("weight"), taps.get("bias"))
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        weight, bias = module.weight, module.bias
-        if torch.is_grad_enabled():
-            if bias is None:
-                (weight,) = _SiteTap.apply(accumulators[:1], weight)
-            else:
-                weight, bias = _SiteTap.apply(accumulators, weight, bias)
-        return F.linear(x, weight, bias)
-
-    return forward

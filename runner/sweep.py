@@ -1,36 +1,118 @@
-"""Sweep bookkeeping: resume (skip completed jobs), per-job thread budget, `sweep.json`, and
-the command's exit code (1 if any job failed)."""
+"""Sweep bookkeeping: `sweep.json` (written when a sweep starts, refreshed after every job),
+resuming a sweep from it, grouping jobs into ensembles, the per-job thread budget, spreading
+jobs over GPUs, and the command's exit code (1 if any job failed).
+
+Layering: the command line (runner.cli, the launchers) calls this; this calls the engine.
+"""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.experimental.callback import Callback
 
+from .config import UserError
+
+SWEEP_JSON = "sweep.json"
 _STATE = {"failed": 0}
-IGNORED_FOR_RESUME = (("sweep",), ("trainer", "progress"))
+# Keys in which the jobs of one ensemble may differ (everything else must be equal).
+MEMBER_KEYS = ("optim.lr", "optim.momentum", "optim.weight_decay", "model.dropout", "seed", "init")
+# Overrides that may stand beside `sweep.resume=DIR`: how to run the jobs, not which.
+RESUME_EXTRAS = ("hydra/launcher=", "hydra.launcher.", "trainer.progress=")
 
 
-def _comparable(config: dict) -> dict:
-    c = json.loads(json.dumps(config))
-    for path in IGNORED_FOR_RESUME:
-        node = c
-        for key in path[:-1]:
-            node = node.get(key, {})
-        node.pop(path[-1], None)
-    return c
+# ------------------------------------------------------------------------------------ sweep.json
+
+def write_sweep_json(sweep_dir: Path, command: Sequence[str], jobs: Sequence[dict]) -> None:
+    """Record a sweep before its first job starts: the command's overrides (what `sweep.resume`
+    re-creates) and every job's directory and overrides."""
+    from .snapshot import write_json
+
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_json(sweep_dir / SWEEP_JSON, {"sweep_dir": str(sweep_dir), "overrides": list(command),
+                                        "n_jobs": len(jobs), "jobs": [dict(j) for j in jobs]})
+    refresh_sweep_json(sweep_dir)
 
 
-def completed_with_same_config(run_dir: Path, config: dict) -> bool:
+def read_sweep_json(sweep_dir: Path) -> Optional[dict]:
     try:
-        with open(Path(run_dir) / "run.json") as f:
-            info = json.load(f)
+        with open(Path(sweep_dir) / SWEEP_JSON) as f:
+            return json.load(f)
     except (OSError, ValueError):
-        return False
-    return info.get("status") == "completed" and _comparable(info.get("config", {})) == _comparable(config)
+        return None
 
+
+def refresh_sweep_json(sweep_dir: Path) -> Dict[str, int]:
+    """Rewrite sweep.json's job statuses from the jobs' run.json files (any process may call it:
+    each write is a whole file renamed into place). Returns the status counts."""
+    from .snapshot import write_json
+
+    sweep_dir = Path(sweep_dir)
+    record = read_sweep_json(sweep_dir)
+    if record is None:
+        return {}
+    counts: Dict[str, int] = {}
+    for job in record["jobs"]:
+        info = _read_json(sweep_dir / job["dir"] / "run.json") or {}
+        final = info.get("final") or {}
+        job.update(status=info.get("status", "pending"), epochs_completed=info.get("epochs_completed"),
+                   val_acc=final.get("val_acc"), error=info.get("error"))
+        counts[job["status"]] = counts.get(job["status"], 0) + 1
+    record["counts"] = counts
+    try:
+        write_json(sweep_dir / SWEEP_JSON, record)
+    except OSError:
+        pass
+    return counts
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def job_runs(sweep_dir: Path) -> List[dict]:
+    """run.json of every job directory directly under a sweep directory (`_dir`: its name)."""
+    out = []
+    for run_json in sorted(Path(sweep_dir).glob("*/run.json")):
+        info = _read_json(run_json) or {"status": "unreadable"}
+        info["_dir"] = run_json.parent.name
+        out.append(info)
+    return out
+
+
+def progress(sweep_dir: Path) -> str:
+    record = read_sweep_json(sweep_dir) or {"jobs": []}
+    done = sum(1 for j in record["jobs"] if j.get("status") in ("completed", "diverged", "failed"))
+    return f"{done}/{len(record['jobs'])} done"
+
+
+def resume_argv(argv: Sequence[str], resume: str) -> List[str]:
+    """`-m sweep.resume=DIR` -> the command that made DIR's sweep, into DIR. Besides
+    sweep.resume only a launcher choice (`hydra/launcher=...`, `hydra.launcher.*`) or
+    trainer.progress may be given: they change how jobs run, not which."""
+    record = read_sweep_json(Path(resume))
+    if record is None or "overrides" not in record:
+        raise UserError(f"sweep.resume={resume!r} is not a sweep directory (no readable sweep.json in it); give a "
+                        "directory an earlier `-m` command wrote")
+    extras = [a for a in argv if a not in ("-m", "--multirun") and not a.startswith("sweep.resume=")]
+    wrong = [a for a in extras if not a.startswith(RESUME_EXTRAS)]
+    if wrong:
+        raise UserError(f"sweep.resume re-runs the recorded sweep as it was; {' '.join(wrong)} cannot change it "
+                        "(only hydra/launcher=... may be given); start a new sweep for other settings")
+    recorded = [o for o in record["overrides"] if not o.startswith(("hydra.sweep.dir=",))]
+    launcher = [a for a in extras if a.startswith(RESUME_EXTRAS)]
+    kept = [o for o in recorded if not any(o.split("=")[0] == a.split("=")[0] for a in launcher)]
+    return ["-m", *kept, *launcher, f"hydra.sweep.dir={resume}"]
+
+
+# ------------------------------------------------------------------------------------ jobs
 
 def job_threads(hydra_cfg) -> Optional[int]:
     """Torch threads for a job run by the joblib launcher, so jobs x threads <= cores."""
@@ -43,90 +125,93 @@ def job_threads(hydra_cfg) -> Optional[int]:
     return max(1, cores // max(1, jobs))
 
 
-def job_runs(sweep_dir: Path) -> List[dict]:
-    """run.json of every job directory directly under a sweep directory."""
-    out = []
-    for run_json in sorted(Path(sweep_dir).glob("*/run.json")):
-        try:
-            with open(run_json) as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            info = {"status": "unreadable"}
-        info["_dir"] = run_json.parent.name
-        out.append(info)
-    return out
+def job_device(device: str, job_index: int) -> str:
+    """`device=auto|cuda` with several GPUs and parallel jobs: job i gets cuda:(i mod GPUs)."""
+    if device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return f"cuda:{job_index % count}" if count > 1 else device
 
 
-def progress(sweep_dir: Path) -> str:
-    total = os.environ.get("PARAMLAB_SWEEP_TOTAL")
-    done = sum(1 for r in job_runs(sweep_dir) if r.get("status") not in ("running", "unreadable"))
-    return f"{done}/{total} done" if total else f"{done} done"
+def group_key(plain: dict) -> str:
+    """Jobs whose configs are equal but for MEMBER_KEYS can train as one ensemble."""
+    c = json.loads(json.dumps(plain))
+    for key in MEMBER_KEYS + ("sweep", "trainer.progress"):
+        node, *rest = key.split(".")
+        (c.get(node, {}) if rest else c).pop(rest[0] if rest else node, None)
+    return json.dumps(c, sort_keys=True)
 
+
+def group_jobs(plains: Sequence[dict], max_members: int) -> List[List[int]]:
+    """Indices of jobs, grouped by group_key, in chunks of at most max_members, largest first."""
+    groups: Dict[str, List[int]] = {}
+    for i, plain in enumerate(plains):
+        groups.setdefault(group_key(plain), []).append(i)
+    chunks = [members[j:j + max_members] for members in groups.values()
+              for j in range(0, len(members), max_members)]
+    return sorted(chunks, key=len, reverse=True)
+
+
+# ------------------------------------------------------------------------------------ callback
 
 class SweepCallback(Callback):
-    """Writes `sweep.json` (jobs and statuses) at the end of a multirun and remembers whether
-    any job failed, for the exit code."""
+    """Refreshes sweep.json after every job (in whichever process ran it) and at the end of a
+    multirun, prints the summary and remembers whether any job failed, for the exit code."""
+
+    def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                refresh_sweep_json(Path(str(config.hydra.sweep.dir)))
+        except Exception:
+            pass  # bookkeeping only
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        from .snapshot import write_json
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        jobs = []
-        for r in job_runs(sweep_dir):
-            final = r.get("final") or {}
-            jobs.append({"dir": r["_dir"], "overrides": r.get("overrides", []), "status": r.get("status"),
-                         "epochs_completed": r.get("epochs_completed"), "val_acc": final.get("val_acc"),
-                         "error": r.get("error")})
-        counts: dict = {}
-        for j in jobs:
-            counts[j["status"]] = counts.get(j["status"], 0) + 1
-        expected = int(os.environ.get("PARAMLAB_SWEEP_TOTAL") or len(jobs))
-        missing = max(0, expected - len(jobs))
-        _STATE["failed"] = counts.get("failed", 0) + counts.get("running", 0) + missing
-        if sweep_dir.is_dir():
-            write_json(sweep_dir / "sweep.json", {"sweep_dir": str(sweep_dir), "n_jobs": len(jobs),
-                                                  "counts": counts, "jobs": jobs})
+        counts = refresh_sweep_json(sweep_dir)
+        record = read_sweep_json(sweep_dir) or {"jobs": []}
+        pending = counts.get("pending", 0) + counts.get("running", 0)
+        _STATE["failed"] = counts.get("failed", 0) + pending
         print(f"paramlab: sweep {sweep_dir}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-              + (f", {missing} without a run" if missing else ""), flush=True)
+              + f" ({len(record['jobs'])} jobs)", flush=True)
 
 
 def sweep_exit_code() -> int:
     return 1 if _STATE["failed"] else 0
 
 
+def mark_failed() -> None:
+    _STATE["failed"] += 1
+
+
+# ------------------------------------------------------------------------------------ workers
+
 def _warm_worker() -> int:
     import torch  # noqa: F401  (the import is the point: ~3 s per fresh process)
 
-    from . import train  # noqa: F401
+    from . import engine  # noqa: F401
 
     return os.getpid()
 
 
-def prewarm_joblib_workers(argv: List[str]):
-    """With `hydra/launcher=joblib`, start the worker processes (importing torch and paramlab)
-    in a background thread while the main process checks the command; joblib's loky backend
-    then reuses these warm workers for the jobs. Returns the thread to join, or None."""
-    if "hydra/launcher=joblib" not in argv:
-        return None
+def prewarm_workers(n_workers: int):
+    """Start `n_workers` loky worker processes (importing torch and the engine) in a background
+    thread while the main process checks the command; joblib's loky backend (the joblib launcher,
+    the ensemble launcher's parallel groups) then reuses the warm workers. Returns the thread."""
     import threading
-
-    n_jobs = -1
-    for a in argv:
-        if a.startswith("hydra.launcher.n_jobs="):
-            try:
-                n_jobs = int(a.split("=", 1)[1])
-            except ValueError:
-                return None
-    workers = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
 
     def warm() -> None:
         try:
             from joblib import Parallel, delayed
 
             # The same settings as hydra-joblib-launcher's defaults, so loky reuses the pool.
-            Parallel(n_jobs=n_jobs, backend="loky", prefer="processes", max_nbytes=None, timeout=None,
+            Parallel(n_jobs=n_workers, backend="loky", prefer="processes", max_nbytes=None, timeout=None,
                      pre_dispatch="2*n_jobs", batch_size="auto", verbose=0)(
-                delayed(_warm_worker)() for _ in range(workers))
+                delayed(_warm_worker)() for _ in range(n_workers))
         except Exception:
             pass  # only an optimisation
 

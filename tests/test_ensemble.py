@@ -1,54 +1,72 @@
-"""Ensemble mode (hydra/launcher=ensemble): a grid trained as one batched model writes the same
-run directories as separate runs, with the same results (same seeds), up to float rounding."""
+"""Ensembles: jobs that differ only in lr, momentum, weight decay, dropout, init or seed train as
+one batched model, and each member's numbers equal the same config run alone, bit for bit on
+the CPU: metrics, every stored tensor (values, grads, per-site grads), activations, run.json."""
 import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from runner import snapshot
+from runner.engine import run, run_members
 from runner.sweep import job_runs
-from runner.train import run
 
 from conftest import run_cli
 
 
-def test_ensemble_equals_separate_runs(tmp_path, data_root, make_cfg):
-    common = [f"data.root={data_root}", "trainer.epochs=2", "data.batch_size=64", "trainer.progress=false",
-              "device=cpu"]
-    r = run_cli("-m", "runner.train", "-m", "hydra/launcher=ensemble", "optim.lr=0.02,0.05", "model.dropout=0,0.3",
-                "sharing=none,all_hidden", "optim.momentum=0.5", *common, f"hydra.sweep.dir={tmp_path / 'ens'}",
-                cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.count("paramlab: ensemble of 4") == 2  # tied and untied jobs form separate groups
-    runs = job_runs(tmp_path / "ens")
-    assert len(runs) == 8 and {j["status"] for j in runs} == {"completed"}
-    for job in runs:
-        overrides = [o for o in job["overrides"] if not o.startswith(("data.root", "trainer.progress", "device"))]
-        alone = run(make_cfg(*overrides), tmp_path / "alone" / job["_dir"])
-        ens_dir = tmp_path / "ens" / job["_dir"]
-        assert job["params"] == alone["params"] and job["tie_groups"] == alone["tie_groups"]
-        a, b = pd.read_parquet(ens_dir / "metrics"), pd.read_parquet(tmp_path / "alone" / job["_dir"] / "metrics")
-        np.testing.assert_allclose(a.value, b.value, rtol=1e-5, atol=1e-6)
-        ta = {(t["epoch"], t["name"], t["kind"], t["site"]): t["array"] for t in snapshot.read_tensors(ens_dir)}
-        tb = {(t["epoch"], t["name"], t["kind"], t["site"]): t["array"]
-              for t in snapshot.read_tensors(tmp_path / "alone" / job["_dir"])}
-        assert sorted(ta) == sorted(tb)
-        for key in ta:
-            np.testing.assert_allclose(ta[key], tb[key], rtol=1e-4, atol=1e-6, err_msg=str(key))
-        acts_a, acts_b = snapshot.read_activations(ens_dir), snapshot.read_activations(tmp_path / "alone" / job["_dir"])
-        np.testing.assert_allclose(acts_a["var"], acts_b["var"], rtol=1e-4)
-        info = json.loads((ens_dir / "run.json").read_text())
-        assert info["ensemble"]["size"] == 4
+def _tensors(run_dir):
+    return {(t["epoch"], t["name"], t["kind"], t["site"]): t["array"] for t in snapshot.read_tensors(run_dir)}
 
 
-def test_ensemble_isolates_a_diverging_member_and_runs_others_alone(tmp_path, data_root):
-    r = run_cli("-m", "runner.train", "-m", "hydra/launcher=ensemble", "optim.lr=0.1,10000", "optim=sgd,adam",
+def _assert_same_run(a, b):
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "metrics"), pd.read_parquet(b / "metrics"))
+    ta, tb = _tensors(a), _tensors(b)
+    assert sorted(ta) == sorted(tb)
+    for key in ta:
+        assert np.array_equal(ta[key], tb[key]), key
+    pd.testing.assert_frame_equal(snapshot.read_activations(a), snapshot.read_activations(b))
+    columns = ["epoch", "name", "kind", "site", "mean", "std", "norm", "min", "max", "cos_grad", "step_var"]
+    pd.testing.assert_frame_equal(snapshot.read_params(a, columns), snapshot.read_params(b, columns))
+
+
+GRIDS = {
+    "mlp-sgd": (["model.hidden=[16,16,16]", "sharing=all_hidden"],
+                [["seed=0", "optim.lr=0.05"], ["seed=1", "optim.lr=0.1", "optim.weight_decay=0.01"],
+                 ["seed=0", "init=xavier", "optim.momentum=0.9"], ["seed=2", "model.dropout=0.3", "init=kaiming"],
+                 ["seed=1", "optim.lr=0.2", "model.dropout=0.1"]]),
+    "cnn-adam": (["model=cnn", "model.channels=[4,4,4]", "sharing=all_hidden", "optim=adam", "data.limit=300"],
+                 [["seed=0", "optim.lr=0.01"], ["seed=1", "optim.lr=0.003", "optim.weight_decay=0.01"],
+                  ["seed=0", "init=xavier", "model.dropout=0.2"]]),
+}
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_ensemble_members_equal_separate_runs(grid, make_cfg, tmp_path):
+    common, members = GRIDS[grid]
+    cfgs = [make_cfg(*common, *m) for m in members]
+    result = run_members(cfgs, [tmp_path / "ens" / str(i) for i in range(len(cfgs))], members, ensemble=True)
+    assert [i["status"] for i in result.infos] == ["completed"] * len(cfgs)
+    for i, (cfg, info) in enumerate(zip(cfgs, result.infos)):
+        alone = run(cfg, tmp_path / "alone" / str(i))
+        assert info["ensemble"] == {"size": len(cfgs), "members": [str(j) for j in sorted(
+            range(len(cfgs)), key=lambda j: int(cfgs[j].seed))]}
+        assert alone["ensemble"] is None and info["final"] == alone["final"]
+        assert info["params"] == alone["params"] and info["tie_groups"] == alone["tie_groups"]
+        _assert_same_run(tmp_path / "ens" / str(i), tmp_path / "alone" / str(i))
+
+
+def test_ensemble_launcher_groups_and_isolates_a_diverging_member(tmp_path, data_root):
+    r = run_cli("-m", "runner.train", "-m", "optim.lr=0.1,10000", "optim=sgd,adam", "sharing=none,all_hidden",
                 f"data.root={data_root}", "trainer.epochs=2", "trainer.progress=false", "device=cpu",
-                f"hydra.sweep.dir={tmp_path / 'e'}", cwd=tmp_path)
+                "snapshot.tensors=false", f"hydra.sweep.dir={tmp_path / 'e'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("paramlab: ensemble of 2") == 1  # the SGD pair; Adam jobs run alone
+    # sgd/adam x tied/untied: 4 groups of 2 (lr is a member key), 2 side by side on 2 cores
+    assert "paramlab: 8 jobs as 4 ensembles (2+2+2+2), 2 side by side (1 thread each)" in r.stdout
     statuses = {j["_dir"]: j["status"] for j in job_runs(tmp_path / "e")}
-    assert statuses["optim.lr=0.1,optim=sgd"] == "completed" and statuses["optim.lr=10000,optim=sgd"] == "diverged"
-    assert statuses["optim.lr=0.1,optim=adam"] == "completed" and "optim.lr=10000,optim=adam" in statuses
-    good = json.loads((tmp_path / "e" / "optim.lr=0.1,optim=sgd" / "run.json").read_text())
+    assert statuses["optim.lr=0.1,optim=sgd,sharing=none"] == "completed"
+    assert statuses["optim.lr=10000,optim=sgd,sharing=none"] == "diverged"
+    good = json.loads((tmp_path / "e" / "optim.lr=0.1,optim=sgd,sharing=none" / "run.json").read_text())
     assert good["epochs_completed"] == 2 and np.isfinite(good["final"]["train_loss"])
+    assert good["ensemble"]["size"] == 2 and good["threads"] == 1
+    bad = json.loads((tmp_path / "e" / "optim.lr=10000,optim=sgd,sharing=none" / "run.json").read_text())
+    assert bad["diverged"]["epoch"] == 1 and bad["diverged"]["step"] >= 0 and bad["epochs_completed"] == 0

@@ -15,7 +15,8 @@ CASES = [
     (["sharing=foo"], "sharing=foo: no such option; choose one of: all_hidden, groups, none"),
     (["optim=rmsprop"], "optim=rmsprop: no such option; choose one of: adam, sgd"),
     (["experiment=nope"], "experiment=nope: no such option; choose one of: "),
-    (["model.foo=1"], "model.foo: unknown config key; allowed keys in model: name, hidden, dropout, activation"),
+    (["model.foo=1"], "model.foo: unknown config key; allowed keys in model: name, hidden, channels, dropout, "
+                      "activation, _target_"),
     (["+foo=1"], "foo: unknown config key; allowed keys: model, sharing, init, optim, data, trainer, snapshot, "
                  "sweep, seed, device"),
     (["optim.lr=abc"], "optim.lr='abc' has the wrong type; expected float"),
@@ -24,8 +25,8 @@ CASES = [
     (["optim.lr=-0.1"], "optim.lr=-0.1 must be a finite number > 0, e.g. optim.lr=0.1"),
     (["model.dropout=1.0"], "model.dropout=1.0 is outside [0, 1); use e.g. model.dropout=0.5"),
     (["model.dropout=-0.1"], "model.dropout=-0.1 is outside [0, 1); use e.g. model.dropout=0.5"),
-    (["model.dropout=[0.1,0.2]"], "model.dropout has 2 values but model.hidden has 3 layers; "
-                                  "give one float or one per hidden layer"),
+    (["model.dropout=[0.1,0.2]"], "model.dropout has 2 values but model=mlp has 3 dropout layers (one per hidden "
+                                  "layer); give one float or one per dropout layer"),
     (["model.hidden=[]"], "model.hidden is empty; give at least one width, e.g. model.hidden=[8,8,8]"),
     (["model.hidden=[8,0,8]"], "model.hidden=[8, 0, 8] has width 0; every width must be >= 1"),
     (["model.activation=swish"], "model.activation='swish' is not allowed; choose one of: relu, tanh, gelu, sigmoid"),
@@ -35,15 +36,16 @@ CASES = [
     (["data.limit=601"], "data.limit=601 is larger than the training set (600 examples); use 1..600, or null for all"),
     (["snapshot.every=0"], "snapshot.every=0 must be an integer >= 1 (the last epoch is always snapshotted)"),
     (["sharing=groups", "sharing.groups=[[net.4,net.5x]]"],
-     "sharing.groups: no module 'net.5x' in this model; modules with parameters: net.1, net.4, net.7, net.10"),
+     "sharing.groups: no module or parameter 'net.5x' in this model; modules with parameters: net.1, net.4, net.7, "
+     "net.10"),
     (["sharing=groups", "sharing.groups=[[net.1,net.4]]"],
      "sharing.groups: cannot tie net.1 (weight [8, 784], bias [8]) with net.4 (weight [8, 8], bias [8]): "
      "parameter shapes differ"),
     (["sharing=all_hidden", "model.hidden=[8,16,16]"],
-     "sharing=all_hidden needs equal hidden widths (it reuses one Linear for layers 2..n); got "
-     "model.hidden=[8, 16, 16], e.g. use model.hidden=[8,8,8]"),
+     "sharing=all_hidden needs equal hidden widths (it reuses one layer for layers 2..n); got "
+     "model.hidden=[8, 16, 16], e.g. use model.hidden=[16,16,16]"),
     (["init=per_layer", "init.rules=[{module: head, init: xavier}]"],
-     "init.rules[0].module='head' matches no Linear layer; use first, last, a glob, or one of: "
+     "init.rules[0].module='head' matches no layer; use first, last, a glob, or one of: "
      "net.1, net.4, net.7, net.10"),
     (["-m", "optim.lr=0.1,-1"], "optim.lr=-1.0 must be a finite number > 0, e.g. optim.lr=0.1 [job: data.root={root} optim.lr=-1]"),
 ]
@@ -85,7 +87,7 @@ def test_missing_dataset_names_the_command(tmp_path, capsys, monkeypatch):
 def test_resume_path_not_a_sweep(data_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         guard("train", ["-m", f"data.root={data_root}", f"sweep.resume={tmp_path}"])
-    assert "is not a sweep directory (no sweep.json in it)" in capsys.readouterr().err
+    assert "is not a sweep directory (no readable sweep.json in it)" in capsys.readouterr().err
 
 
 def test_cli_errors_exit_2_no_traceback_nothing_created(tmp_path, data_root):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from runner import snapshot
-from runner.train import train
+from runner.engine import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from runner.config import UserError
-from runner.train import build
+from runner.engine import build
 
 
 def _weights(model):
@@ -64,5 +64,5 @@ def test_init_after_tying_one_tensor(make_cfg):
 def test_per_layer_rule_matching_nothing(make_cfg):
     with pytest.raises(UserError) as e:
         build(make_cfg("init=per_layer", "init.rules=[{module: net.99, init: xavier}]"))
-    assert str(e.value) == ("init.rules[0].module='net.99' matches no Linear layer; use first, last, a glob, "
+    assert str(e.value) == ("init.rules[0].module='net.99' matches no layer; use first, last, a glob, "
                             "or one of: net.1, net.4, net.7, net.10")

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from runner.config import UserError
-from runner.sharing import SiteGradients, build_tie_map
-from runner.train import build
+from runner.batched import Members
+from runner.sharing import build_tie_map
+from runner.engine import build
 
 
 def test_seed_preset_counts(make_cfg):
@@ -63,13 +64,14 @@ def test_groups_sharing_ties_named_blocks(make_cfg):
 
 @pytest.mark.parametrize("overrides, message", [
     (("sharing=all_hidden", "model.hidden=[16,8,8]"),
-     "sharing=all_hidden needs equal hidden widths (it reuses one Linear for layers 2..n); "
+     "sharing=all_hidden needs equal hidden widths (it reuses one layer for layers 2..n); "
      "got model.hidden=[16, 8, 8], e.g. use model.hidden=[8,8,8]"),
     (("sharing=groups", "sharing.groups=[[net.1,net.4]]"),
      "sharing.groups: cannot tie net.1 (weight [8, 784], bias [8]) with net.4 (weight [8, 8], bias [8]): "
      "parameter shapes differ"),
     (("sharing=groups", "sharing.groups=[[net.4,net.99]]"),
-     "sharing.groups: no module 'net.99' in this model; modules with parameters: net.1, net.4, net.7, net.10"),
+     "sharing.groups: no module or parameter 'net.99' in this model; modules with parameters: net.1, net.4, "
+     "net.7, net.10"),
 ])
 def test_sharing_errors(make_cfg, overrides, message):
     with pytest.raises(UserError) as e:
@@ -91,20 +93,22 @@ def test_tied_grads_add_up_and_sites_match_untied_twin(make_cfg):
     with torch.no_grad():
         for name, p in twin.named_parameters():
             p.copy_(dict(tied.named_parameters(remove_duplicate=False))[name])
-    sites = SiteGradients(tied, tie_map)
+    members = Members([tied], tie_map, "cpu", [0])
+    members.capturing = True
     x, y = _batch()
-    for model in (tied, twin):
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+    torch.nn.functional.cross_entropy(members.forward(x, [(0, 1)]), y).backward()
+    torch.nn.functional.cross_entropy(twin(x), y).backward()
+    grads = {n: p.grad for n, p in zip(members.names, members.leaves)}
     for leaf in ("weight", "bias"):
         g4 = twin.net[4].get_parameter(leaf).grad
         g7 = twin.net[7].get_parameter(leaf).grad
-        torch.testing.assert_close(sites.sums[(f"net.4.{leaf}", "net.4")], g4)
-        torch.testing.assert_close(sites.sums[(f"net.4.{leaf}", "net.7")], g7)
-        torch.testing.assert_close(tied.net[4].get_parameter(leaf).grad, g4 + g7)
+        torch.testing.assert_close(members.site_sums[(f"net.4.{leaf}", "net.4")], g4)
+        torch.testing.assert_close(members.site_sums[(f"net.4.{leaf}", "net.7")], g7)
+        torch.testing.assert_close(grads[f"net.4.{leaf}"], g4 + g7)
     # Untied layers: identical gradients, and the taps changed no result.
-    torch.testing.assert_close(tied.net[1].weight.grad, twin.net[1].weight.grad)
-    torch.testing.assert_close(tied(x), twin(x))
-    sites.remove()
+    torch.testing.assert_close(grads["net.1.weight"], twin.net[1].weight.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(members.forward(x, [(0, 1)]), twin(x))
 
 
 def test_build_tie_map_sees_module_level_ties():

@@ -41,7 +41,7 @@ def dying(path, write):
         os._exit(137)  # as if SIGKILLed in the middle of the snapshot write
     return real(path, write)
 snapshot._atomic_write = dying
-from runner.train import main
+from runner.cli import main
 sys.argv = ["runner.train"] + sys.argv[1:]
 main()
 """
@@ -103,21 +103,41 @@ def test_fuzz_overrides_clean_error_or_valid(data_root, capsys, pairs):
         assert capsys.readouterr().err == ""
 
 
-def test_one_command_per_sweep_dir(tmp_path, data_root, capsys):
+def _start(args, tmp_path, ready, timeout=90):
+    """A real command in the background, returned once `ready()` holds."""
     import subprocess
     import sys
-    from runner.cli import lock_sweep
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        (sweep / ".paramlab.lock").write_text(str(sleeper.pid))  # a live command holds it
-        with pytest.raises(SystemExit) as e:
-            guard("train", ["-m", f"data.root={data_root}", "seed=1,2", f"hydra.sweep.dir={sweep}"])
-        assert e.value.code == 2
-        assert f"another paramlab command (pid {sleeper.pid}) is running the sweep in {sweep}" in capsys.readouterr().err
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    lock_sweep(sweep)  # its process is gone: the stale lock is taken over
-    assert (sweep / ".paramlab.lock").read_text() == str(os.getpid())
+    import time
+    from conftest import ROOT
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "runner.train", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None and time.time() < deadline, "the first command did not get going"
+        time.sleep(0.02)
+    return proc
+
+
+def test_two_real_commands_on_one_directory(tmp_path, data_root):
+    """A second command on a run or sweep directory a live command is writing stops with one line
+    naming the first one's pid and the lock file; once the first is gone, the directory is free."""
+    common = [f"data.root={data_root}", "trainer.epochs=400", "trainer.progress=false", "device=cpu",
+              "snapshot.enabled=false"]
+    run_dir, sweep = tmp_path / "run", tmp_path / "sweep"
+    for args, target, ready in (
+            ([f"hydra.run.dir={run_dir}"], run_dir, lambda: (run_dir / "metrics" / "epoch-0002.parquet").exists()),
+            (["-m", "seed=1,2", f"hydra.sweep.dir={sweep}"], sweep, lambda: (sweep / "sweep.json").exists())):
+        first = _start(args + common, tmp_path, ready)
+        try:
+            r = run_cli("-m", "runner.train", *args, *common, cwd=tmp_path)
+            assert r.returncode == 2, r.stderr
+            assert r.stderr.count("\n") == 1 and f"(pid {first.pid})" in r.stderr
+            assert str(target / ".paramlab.lock") in r.stderr
+        finally:
+            first.kill()
+            first.wait()
+    from runner.lock import DirLock
+    DirLock(sweep).acquire().release()  # a killed command's lock does not block (the kernel dropped it)
+    (sweep / ".paramlab.lock").write_text("999999")  # a stale pid in the file (a restarted container)
+    DirLock(sweep).acquire().release()

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from runner import report
-from runner.train import run
+from runner.engine import run
 
 EVIL = "<img src=x onerror=alert(1)>"
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from runner import snapshot
-from runner.train import build, run, train
+from runner.engine import build, run, train
 
 from conftest import ROOT
 

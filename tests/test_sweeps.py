@@ -20,14 +20,14 @@ def flaky(run_dir, table, epoch, columns):
         raise OSError(errno.ENOSPC, 'No space left on device')
     return real(run_dir, table, epoch, columns)
 snapshot.write_table = flaky
-from runner.train import main
+from runner.cli import main
 sys.argv = ['runner.train'] + sys.argv[1:]
 main()
 """
 
 
 def test_sweep_isolates_failures_and_resumes(tmp_path, data_root):
-    args = ["-m", "optim.lr=0.1,10000", "sharing=none,all_hidden", f"data.root={data_root}",
+    args = ["-m", "hydra/launcher=basic", "optim.lr=0.1,10000", "sharing=none,all_hidden", f"data.root={data_root}",
             "trainer.epochs=2", "data.batch_size=64", "trainer.progress=false", "device=cpu"]
     r = run_cli("-c", FAULT, *args, cwd=tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr  # one job failed
@@ -38,27 +38,25 @@ def test_sweep_isolates_failures_and_resumes(tmp_path, data_root):
     assert statuses == {"optim.lr=0.1,sharing=all_hidden": "completed", "optim.lr=0.1,sharing=none": "failed",
                         "optim.lr=10000,sharing=all_hidden": "diverged", "optim.lr=10000,sharing=none": "diverged"}
     failed = json.loads((sweep / "optim.lr=0.1,sharing=none" / "run.json").read_text())
-    assert failed["error"] == "OSError: No space left on device"
+    assert failed["error"] == "OSError: No space left on device" and failed["epochs_completed"] == 0
+    assert "Traceback" in (sweep / "optim.lr=0.1,sharing=none" / "error.log").read_text()
     assert "4/4 done" in r.stdout
 
-    # Same command again (no fault): the completed job is skipped, the others re-run.
+    # Same command again (no fault): the completed job is left as it is, the others run again.
     r = run_cli("-m", "runner.train", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("paramlab: skip ") == 1 and "skip optim.lr=0.1,sharing=all_hidden" in r.stdout
+    assert r.stdout.count("already completed") == 1 and "skip optim.lr=0.1,sharing=all_hidden: already" in r.stdout
     assert list((tmp_path / "outputs" / "multirun").iterdir()) == [sweep]
     statuses = {j["_dir"]: j["status"] for j in job_runs(sweep)}
     assert statuses["optim.lr=0.1,sharing=none"] == "completed"
 
-    # A killed job (run.json still `running`) is re-run; the completed ones are skipped.
-    info_path = sweep / "optim.lr=0.1,sharing=none" / "run.json"
-    info = json.loads(info_path.read_text())
-    info["status"] = "running"
-    info_path.write_text(json.dumps(info))
-    r = run_cli("-m", "runner.train", *args, f"sweep.resume={sweep}", cwd=tmp_path)
+    # `-m sweep.resume=DIR` alone re-creates the recorded sweep: completed jobs are left alone.
+    r = run_cli("-m", "runner.train", "-m", f"sweep.resume={sweep}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("paramlab: skip ") == 1 and "skip optim.lr=0.1,sharing=all_hidden" in r.stdout
-    assert json.loads(info_path.read_text())["status"] == "completed"
-    assert "start optim.lr=0.1,sharing=none" in r.stdout
+    assert r.stdout.count("already completed") == 2
+    assert sorted(j["_dir"] for j in job_runs(sweep)) == sorted(statuses)  # no job of another config appeared
+    r = run_cli("-m", "runner.train", "-m", f"sweep.resume={sweep}", "optim.lr=0.3", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "optim.lr=0.3 cannot change it" in r.stderr
 
 
 def test_sweep_dir_names():
@@ -86,6 +84,7 @@ def test_every_yaml_composes():
                  if p.parent.name != "experiment"]
     overrides += [[f"experiment={p.stem}"] for p in sorted((root.parent / "experiments").glob("*.yaml"))]
     overrides += [["sharing=groups", "model=mlp"]]
+    overrides = [o + ["model._target_=mymodels.Net"] if o == ["model=custom"] else o for o in overrides]
     assert len(overrides) >= 18
     for o in overrides:
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):

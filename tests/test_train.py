@@ -10,7 +10,7 @@ import torch
 
 from runner import data, snapshot
 from runner.config import UserError
-from runner.train import run
+from runner.engine import run
 
 
 def test_run_writes_contract_run_dir(make_cfg, tmp_path):
@@ -125,7 +125,7 @@ def test_real_dataset_shape_and_stats():
 def test_device_side_loss_path_on_cpu(make_cfg, tmp_path, monkeypatch):
     """The GPU loop's sync-free bookkeeping (loss sum and divergence flag on the device),
     exercised on the CPU: same metrics as the per-step path, and divergence still caught."""
-    import runner.train as t
+    import runner.engine as t
     a = run(make_cfg("trainer.epochs=2"), tmp_path / "a")
     monkeypatch.setattr(t, "checks_loss_per_step", lambda device: False)
     b = run(make_cfg("trainer.epochs=2"), tmp_path / "b")

@@ -1,0 +1,443 @@
+"""K members of one architecture as one module tree: how paramlab trains an ensemble, and a
+single run (K = 1) alike.
+
+Every unique parameter becomes one leaf tensor of shape (K, *shape) (member k's tensor is row
+k). The model's own forward code runs unchanged; what changes is its modules:
+- a module that owns parameters and whose type paramlab knows (Linear, Conv2d, BatchNorm1d/2d,
+  LayerNorm) is replaced by a batched twin: Linear as one bmm over the members (where the
+  launches of a small model cost more than its arithmetic), the others as the plain functional
+  op once per member (where the arithmetic dominates: a grouped convolution was 3x slower here,
+  measured). K = 1 calls the plain ops (F.linear, F.conv2d, ...). Each twin computes a member's
+  numbers with the kernels that member would get alone, so on the CPU a member of an ensemble
+  equals the same config run alone, bit for bit (tests check metrics and every stored tensor);
+- a module of another type that owns parameters (a user's layer) runs under `torch.func.vmap`
+  over `functional_call` with the members' rows (slower, and equal to a run alone only up to
+  float rounding, but any module works);
+- Dropout / Dropout2d draw one mask per member from that member's own generator.
+
+Activations are member-major: (K*B, ...), member k's batch in rows k*B .. (k+1)*B - 1. The
+input may also come *shared*: (G*B, ...) rows for G < K groups of members that see the same
+batch (members with one seed, or everyone during evaluation); the first Linear then multiplies
+each group's batch with all its members' weights without copying it K times, and other modules
+expand it to member-major rows first.
+
+Call sites: each batched module knows its module path(s); each call reads its tied tensors
+through `SiteTap`, whose backward adds the gradient that flowed through that call into the
+site's accumulator. A module object reused at several paths (the seed's `shared` layer) has its
+calls told apart by order: the k-th call in a forward is attributed to its k-th path.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import UserError
+from .sharing import SiteTap, TieMap
+
+
+class Members:
+    """The stacked parameters, the batched module tree and the per-forward context."""
+
+    def __init__(self, templates: Sequence[nn.Module], tie_map: TieMap, device, dropout_seeds: Sequence[int]):
+        self.k = len(templates)
+        self.device = torch.device(device)
+        self.tie_map = tie_map
+        self.names = [p.canonical for p in tie_map.params]
+        per_member = [dict(t.named_parameters()) for t in templates]
+        stacked = [torch.stack([d[n].detach() for d in per_member]).to(self.device) for n in self.names]
+        if self.k == 1:
+            # A single run: its leaves are the plain tensors (plain functional ops, no stacking in
+            # its autograd graph); `params` are (1, ...) views of them for statistics and checkpoints.
+            self.leaves = [t[0].clone().requires_grad_() for t in stacked]
+            self.params = [leaf.detach().unsqueeze(0) for leaf in self.leaves]   # share the leaves' storage
+        else:
+            self.leaves = self.params = [t.requires_grad_() for t in stacked]
+        # What the optimizer steps (leaves) and what snapshots record ((K, *shape), canonical order).
+        self.by_name = dict(zip(self.names, self.params))
+        self.leaf_by_name = dict(zip(self.names, self.leaves))
+        self.canonical = {a: p.canonical for p in tie_map.params for a in p.aliases}
+        self.tied = {p.canonical for p in tie_map.params if p.tied}
+        # Per-call-site gradient sums of tied tensors, (K, *shape) each, filled by SiteTap.
+        self.site_sums = {(p.canonical, site): torch.zeros_like(self.leaf_by_name[p.canonical])
+                          for p in tie_map.params if p.tied for site in p.call_sites}
+        self.capturing = False
+        self.probing = False                              # the probe counts every module's calls
+        self.buffers: Dict[str, torch.Tensor] = {}   # stacked buffers of batched modules, by first path
+        # One CPU generator per member for dropout masks, so a member's masks do not depend on
+        # the others (on a GPU one device generator draws all members' masks in one kernel).
+        self.dropout_generators = [torch.Generator().manual_seed(int(s)) for s in dropout_seeds]
+        self.groups: List[Tuple[int, int]] = [(0, self.k)]
+        self.member_group = torch.zeros(self.k, dtype=torch.long, device=self.device)
+        self.batch = 0
+        self.model, self.batched = _batch_modules(self, templates)
+        self.reused = [b for b in self.batched if len(b.sites) > 1]
+        self.model.to(self.device)
+
+    # ------------------------------------------------------------------ forward context
+    def forward(self, x: torch.Tensor, groups: Sequence[Tuple[int, int]]) -> torch.Tensor:
+        """x: (G*B, ...) rows, group g's batch in rows g*B..; groups[g] = (first, last + 1) member of
+        group g (members of a group are consecutive). Returns (K*B, ...) member-major outputs."""
+        if list(groups) != self.groups:
+            self.groups = list(groups)
+            index = [g for g, (s, e) in enumerate(self.groups) for _ in range(s, e)]
+            self.member_group = torch.tensor(index, dtype=torch.long, device=self.device)
+        self.batch = x.shape[0] // len(self.groups)
+        for module in self.reused:                        # call counters of modules at several paths
+            module.__dict__["calls"] = 0
+        return self.to_members(self.model(x))
+
+    def shared(self, x: torch.Tensor) -> bool:
+        """True when x holds one batch per group of members (G < K), not one per member."""
+        return len(self.groups) < self.k and x.shape[0] == len(self.groups) * self.batch
+
+    def to_members(self, x: torch.Tensor) -> torch.Tensor:
+        """Shared rows (G*B, ...) -> member-major rows (K*B, ...) (a copy); member rows unchanged."""
+        if not self.shared(x):
+            return x
+        rows = x.reshape(len(self.groups), self.batch, *x.shape[1:])
+        if len(self.groups) == 1:
+            out = rows.expand(self.k, *rows.shape[1:])
+        else:
+            out = rows[self.member_group]
+        return out.reshape(self.k * self.batch, *x.shape[1:])
+
+    # ------------------------------------------------------------------ parameters of one call
+    def read(self, site: str, canonicals: Sequence[str], stacked: bool = False) -> List[torch.Tensor]:
+        """The tensors a call at `site` reads, (K, ...) each (K = 1: the plain tensors, unless
+        `stacked`); tied ones through a SiteTap while capturing."""
+        tensors = [self.leaf_by_name[c] for c in canonicals]
+        if stacked and self.k == 1:
+            tensors = [t.unsqueeze(0) for t in tensors]
+        if not self.capturing or not any(c in self.tied for c in canonicals) or not torch.is_grad_enabled():
+            return tensors
+        accumulators = tuple(self.site_sums.get((c, site)) for c in canonicals)
+        if stacked and self.k == 1:
+            accumulators = tuple(None if a is None else a.unsqueeze(0) for a in accumulators)
+        return list(SiteTap.apply(accumulators, *tensors))
+
+    def dropout(self, x: torch.Tensor, rates: Sequence[float], channelwise: bool) -> torch.Tensor:
+        """Inverted dropout with member k's rate and generator on its rows of x (member-major)."""
+        k, b = self.k, x.shape[0] // self.k
+        shape = (b, x.shape[1], *([1] * (x.dim() - 2))) if channelwise else (b, *x.shape[1:])
+        if x.is_cuda:
+            keep = torch.tensor([1.0 - p for p in rates], device=x.device).view(k, *([1] * len(shape)))
+            mask = torch.bernoulli(keep.expand(k, *shape)).div_(keep)
+        else:
+            masks = []
+            for p, generator in zip(rates, self.dropout_generators):
+                if p == 0.0:
+                    masks.append(torch.ones(shape))
+                else:
+                    masks.append(torch.empty(shape).bernoulli_(1.0 - p, generator=generator).div_(1.0 - p))
+            mask = torch.stack(masks)
+        return (x.reshape(k, b, *x.shape[1:]) * mask).reshape(x.shape)
+
+    def member_view(self, x: torch.Tensor) -> torch.Tensor:
+        """(K*B, ...) member-major rows (or shared rows) as (K, B, ...)."""
+        x = self.to_members(x)
+        return x.reshape(self.k, x.shape[0] // self.k, *x.shape[1:])
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    def probe(self, shape=(2, 1, 28, 28)) -> torch.Tensor:
+        """One forward on a zero batch in eval mode (no masks drawn, no buffer updated): checks that
+        every module batches, counts each module's calls, returns the (K*B, ...) output."""
+        was = self.model.training
+        self.model.eval()
+        self.probing = True
+        for module in self.batched:
+            module.__dict__["calls"] = 0
+        try:
+            with torch.no_grad():
+                out = self.forward(torch.zeros(shape, device=self.device), [(0, self.k)])
+        finally:
+            self.probing = False
+            self.model.train(was)
+        return out
+
+
+# ---------------------------------------------------------------------------- batched modules
+
+class _Batched(nn.Module):
+    """A module owning parameters, batched over the members. `sites` are its module paths (one
+    per position where the same object sits); `leaves` its parameter names; `calls` counts its
+    calls in the current forward, to tell the calls of a reused object apart."""
+
+    def __init__(self, members: Members, module: nn.Module, sites: List[str]):
+        super().__init__()
+        self.__dict__["members"] = members              # not a submodule
+        self.sites = sites
+        self.leaves = [n for n, p in module._parameters.items() if p is not None]
+        first = sites[0]
+        self.canonicals = [members.canonical[f"{first}.{leaf}" if first else leaf] for leaf in self.leaves]
+        self.calls = 0
+
+    def site(self) -> str:
+        if len(self.sites) == 1 and not self.members.probing:
+            return self.sites[0]
+        k = self.calls
+        self.__dict__["calls"] = k + 1
+        if k >= len(self.sites):
+            raise RuntimeError(f"module {self.sites[0] or '(root)'} ({type(self).__name__[7:]}) is called more "
+                               f"than {len(self.sites)} time(s) per forward; paramlab tells call sites apart by "
+                               "module path: give each use its own attribute (e.g. self.fc2 = self.fc) or tie "
+                               "separate modules with sharing.groups")
+        return self.sites[k]
+
+    def params(self, stacked: bool = False) -> Dict[str, torch.Tensor]:
+        return dict(zip(self.leaves, self.members.read(self.site(), self.canonicals, stacked)))
+
+    def tensors(self) -> List[torch.Tensor]:
+        return self.members.read(self.site(), self.canonicals)
+
+    def extra_repr(self) -> str:
+        return f"sites={self.sites}, members={self.members.k}"
+
+
+class BatchedLinear(_Batched):
+    def __init__(self, members, module: nn.Linear, sites, templates):
+        super().__init__(members, module, sites)
+        self.out_features = module.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, *b = self.tensors()                             # (K, out, in), (K, out)
+        b = b[0] if b else None
+        m = self.members
+        if m.k == 1:                                       # a single run: plain F.linear
+            return F.linear(x, w, b)
+        if m.shared(x):
+            # One batch per group: multiply it with the group's members' weights, no K-fold copy.
+            rows = x.reshape(len(m.groups), -1, x.shape[-1])
+            parts = [_LinearK.apply(rows[g].expand(e - s, *rows.shape[1:]), w[s:e], None if b is None else b[s:e])
+                     for g, (s, e) in enumerate(m.groups)]
+            h = torch.cat(parts) if len(parts) > 1 else parts[0]
+        else:
+            h = _LinearK.apply(x.reshape(m.k, -1, x.shape[-1]), w, b)
+        return h.reshape(m.k * m.batch, *x.shape[1:-1], self.out_features)
+
+
+# Below this many rows per member, PyTorch's CPU bmm may pick another kernel than one member's
+# matmul (measured); there the members are multiplied one by one.
+BMM_MIN_ROWS = 32
+
+
+class _LinearK(torch.autograd.Function):
+    """(K, N, in) @ (K, out, in)^T + (K, out) -> (K, N, out) for K members, computed so that each
+    member gets the bits F.linear gives it alone: forward and input gradient as one bmm (equal
+    to the member's addmm/mm for N >= BMM_MIN_ROWS, checked over many shapes), the weight
+    gradient as one mm per member (a batched one rounds differently for some widths, e.g. 10)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        if x.shape[1] >= BMM_MIN_ROWS:
+            return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)) if b is not None \
+                else torch.bmm(x, w.transpose(1, 2))
+        return torch.stack([F.linear(x[k], w[k], None if b is None else b[k]) for k in range(w.shape[0])])
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.bmm(g, w) if g.shape[1] >= BMM_MIN_ROWS else torch.stack([g[k] @ w[k] for k in range(w.shape[0])])
+        if ctx.needs_input_grad[1]:
+            dw = torch.stack([g[k].t().mm(x[k]) for k in range(w.shape[0])])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = g.sum(1)
+        return dx, dw, db
+
+
+class BatchedConv2d(_Batched):
+    """Each member's F.conv2d on its rows (faster than one grouped convolution here, measured:
+    oneDNN's grouped kernels are slow for few channels, and a member gets the bits of its own run)."""
+
+    def __init__(self, members, module: nn.Conv2d, sites, templates):
+        super().__init__(members, module, sites)
+        self.conv = dict(stride=module.stride, dilation=module.dilation, groups=module.groups)
+        self.padding = module.padding if module.padding_mode == "zeros" else 0
+        self.pad = (module._reversed_padding_repeated_twice, module.padding_mode) \
+            if module.padding_mode != "zeros" else None
+
+    def _one(self, x, w, b):
+        if self.pad is not None:
+            x = F.pad(x, self.pad[0], mode=self.pad[1])
+        return F.conv2d(x, w, b, padding=self.padding, **self.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.members
+        w, *b = self.tensors()                             # K = 1: (Co, C, kh, kw); else (K, Co, C, kh, kw)
+        b = b[0] if b else None
+        if m.k == 1:
+            return self._one(x, w, b)
+        rows = m.member_view(x)                            # (K, B, C, H, W)
+        return torch.cat([self._one(rows[k], w[k], None if b is None else b[k]) for k in range(m.k)])
+
+
+class BatchedBatchNorm(_Batched):
+    """BatchNorm1d/2d, each member's F.batch_norm on its rows with its own running statistics
+    (rows of the stacked (K, C) buffers)."""
+
+    def __init__(self, members, module: nn.modules.batchnorm._BatchNorm, sites, templates):
+        super().__init__(members, module, sites)
+        self.eps, self.momentum = module.eps, module.momentum
+        self.track = module.track_running_stats
+        if self.track:
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                stacked = torch.stack([t.get_submodule(sites[0]).get_buffer(name) if sites[0] else t.get_buffer(name)
+                                       for t in templates]).to(members.device)
+                self.register_buffer(name, stacked)
+                members.buffers[f"{sites[0]}.{name}" if sites[0] else name] = stacked
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.members
+        p = self.params(stacked=True)
+        rows = m.member_view(x)
+        use_batch_stats = self.training or not self.track
+        factor = 0.0
+        if self.training and self.track:
+            self.num_batches_tracked.add_(1)
+            factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked[0])
+        out = [F.batch_norm(rows[k], self.running_mean[k] if self.track else None,
+                            self.running_var[k] if self.track else None,
+                            p["weight"][k] if "weight" in p else None, p["bias"][k] if "bias" in p else None,
+                            use_batch_stats, factor, self.eps) for k in range(m.k)]
+        return torch.cat(out) if m.k > 1 else out[0]
+
+
+class BatchedLayerNorm(_Batched):
+    def __init__(self, members, module: nn.LayerNorm, sites, templates):
+        super().__init__(members, module, sites)
+        self.shape, self.eps = tuple(module.normalized_shape), module.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.members
+        p = self.params(stacked=True)
+        rows = m.member_view(x)
+        out = [F.layer_norm(rows[k], self.shape, p["weight"][k] if "weight" in p else None,
+                            p["bias"][k] if "bias" in p else None, self.eps) for k in range(m.k)]
+        return torch.cat(out) if m.k > 1 else out[0]
+
+
+class BatchedDropout(nn.Module):
+    """Dropout / Dropout2d with each member's own rate (read from its template) and generator."""
+
+    def __init__(self, members: Members, module: nn.Module, sites: List[str], templates):
+        super().__init__()
+        self.__dict__["members"] = members
+        self.rates = [float(t.get_submodule(sites[0]).p) for t in templates]
+        self.channelwise = isinstance(module, nn.Dropout2d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not any(self.rates):
+            return x
+        return self.members.dropout(self.members.to_members(x), self.rates, self.channelwise)
+
+    def extra_repr(self) -> str:
+        return f"rates={self.rates}"
+
+
+class VmapModule(_Batched):
+    """A module type paramlab does not know (with its whole subtree): `functional_call` under
+    `torch.func.vmap` over the members, its tensors passed in per call site so tied ones are
+    tapped like everywhere else. Randomness inside (dropout) is drawn by vmap, not per member."""
+
+    def __init__(self, members, module: nn.Module, sites, templates):
+        super().__init__(members, module, sites)
+        self.__dict__["inner"] = module                   # not a submodule: its paths stay its own
+        self.names = [n for n, _ in module.named_parameters(remove_duplicate=False)]
+        self.buffer_names = [n for n, _ in module.named_buffers()]
+        first = sites[0]
+        stacked = {}
+        for name in self.buffer_names:
+            full = f"{first}.{name}" if first else name
+            stacked[name] = torch.stack([t.get_buffer(full) for t in templates]).to(members.device)
+            members.buffers[full] = stacked[name]
+        self.__dict__["stacked_buffers"] = stacked
+
+    def forward(self, *args, **kwargs):
+        from torch.func import functional_call, vmap
+
+        m = self.members
+        prefix = self.site()
+        by_site: Dict[str, List[str]] = {}
+        for name in self.names:
+            full = f"{prefix}.{name}" if prefix else name
+            by_site.setdefault(full.rpartition(".")[0], []).append(name)
+        params: Dict[str, torch.Tensor] = {}
+        for site, names in by_site.items():
+            full = [f"{prefix}.{n}" if prefix else n for n in names]
+            tensors = m.read(site, [m.canonical[f] for f in full], stacked=True)
+            params.update(zip(names, tensors))
+        self.inner.train(self.training)
+        tensor_args = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        rows = [m.member_view(args[i]) for i in tensor_args]
+
+        def one_member(p, b, *xs):
+            call = list(args)
+            for i, x in zip(tensor_args, xs):
+                call[i] = x
+            return functional_call(self.inner, (p, b), tuple(call), kwargs, tie_weights=False, strict=False)
+
+        out = vmap(one_member, randomness="different")(params, self.stacked_buffers, *rows)
+        if isinstance(out, torch.Tensor):
+            return out.reshape(-1, *out.shape[2:])
+        return type(out)(o.reshape(-1, *o.shape[2:]) for o in out)
+
+
+KNOWN = {nn.Linear: BatchedLinear, nn.Conv2d: BatchedConv2d, nn.BatchNorm1d: BatchedBatchNorm,
+         nn.BatchNorm2d: BatchedBatchNorm, nn.LayerNorm: BatchedLayerNorm,
+         nn.Dropout: BatchedDropout, nn.Dropout2d: BatchedDropout}
+
+
+def _batch_modules(members: Members, templates: Sequence[nn.Module]):
+    """Replace, in template 0's tree, every module that owns parameters or draws dropout masks by
+    its batched twin (every path of a reused object gets the same twin). Returns (root, twins)."""
+    model = templates[0]
+    paths: Dict[int, List[str]] = {}
+    objects: Dict[int, nn.Module] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(module), []).append(path)
+        objects[id(module)] = module
+    twins: Dict[int, nn.Module] = {}
+    inside_vmap: List[str] = []
+    for path, module in model.named_modules(remove_duplicate=False):
+        if id(module) in twins or any(path.startswith(p + ".") or p == "" for p in inside_vmap):
+            continue
+        owns = any(p is not None for p in module._parameters.values())
+        kind = KNOWN.get(type(module))
+        if kind is not None and (owns or kind is BatchedDropout):
+            twins[id(module)] = kind(members, module, paths[id(module)], templates)
+        elif owns:
+            twins[id(module)] = VmapModule(members, module, paths[id(module)], templates)
+            inside_vmap += paths[id(module)]
+    root = model
+    for key, twin in twins.items():
+        for path in paths[key]:
+            if path == "":
+                root = twin
+                continue
+            parent, _, leaf = path.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, twin)
+    return root, [t for t in twins.values() if isinstance(t, _Batched)]
+
+
+def check_batchable(members: Members) -> None:
+    """A forward on a probe batch: the model maps (B,1,28,28) to (B,10) and every module batches,
+    or a UserError saying what is wrong."""
+    try:
+        out = members.probe()
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"model forward on a (2, 1, 28, 28) batch failed: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if tuple(out.shape) != (2 * members.k, 10):
+        shape = (2, *out.shape[1:]) if out.shape[0] == 2 * members.k else tuple(out.shape)
+        raise UserError(f"the model maps a (2, 1, 28, 28) batch to shape {tuple(shape)}; it must return (B, 10) "
+                        "logits for FashionMNIST's 10 classes")

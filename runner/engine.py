@@ -1,0 +1,724 @@
+"""The engine: one explicit training loop for a single run and for an ensemble alike.
+
+`run(cfg, run_dir)` trains one run; `run_members(cfgs, run_dirs)` trains K runs that share an
+architecture as one batched model (runner.batched); a single run is K = 1 through the very same
+code. Each epoch: one permutation per seed; per step: gather the batch, forward all members,
+each member's mean cross-entropy, the divergence check, backward of their sum, capture
+gradients, optimizer step. Then validation, the snapshot, and for each member in this order:
+its tables, its checkpoint, its run.json (so run.json never claims an epoch whose tables and
+checkpoint are not on disk, and a killed run continues after its last completed epoch).
+
+A member whose loss goes non-finite or above diverge_factor x its first loss is frozen and
+recorded as `diverged`; the others go on. A member whose own files fail (disk full, permission)
+is recorded as `failed` with its traceback in error.log, and the others go on; an exception in
+the shared computation fails every member still running (their finished epochs stay on disk,
+and the checkpoint lets the same command continue them).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import __version__
+from .config import UserError, check_schema, plain_config, re_device, validate
+
+# Config keys that do not change a run's results: a run directory may be continued with other values.
+IGNORED_FOR_RESUME = (("sweep",), ("trainer", "progress"))
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" or re_device(name):
+        if not torch.cuda.is_available():
+            raise UserError(f"device={name} but no CUDA GPU is available here; use device=auto or device=cpu")
+        index = torch.device(name).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise UserError(f"device={name} but this machine has {torch.cuda.device_count()} GPU(s): "
+                            f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return torch.device(name)
+
+
+def build(cfg, device=None):
+    """Validated config -> (model, tie_map): built, tied, then initialized (tied tensors once).
+
+    Uses the global torch RNG (seed it first). `device="meta"` builds without allocating,
+    which is how the command-line checks find tie and init mistakes before any run starts."""
+    import torch
+
+    from .init import initialize
+    from .model import build_model
+    from .sharing import tie
+
+    with torch.device(device or "cpu"):
+        model = build_model(cfg.model)
+    tie_map = tie(model, cfg.sharing)
+    initialize(model, cfg.init)
+    return model, tie_map
+
+
+_DATA_CACHE: dict = {}
+
+
+def load_data(cfg, device):
+    """The dataset as tensors on `device`; kept for later runs in the same process (sweeps)."""
+    from . import data
+
+    key = (str(Path(cfg.data.root).resolve()), cfg.data.limit, str(device))
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = data.load(cfg.data.root, cfg.data.limit, device)
+    return _DATA_CACHE[key]
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def comparable(config: dict) -> dict:
+    """A config without the keys that do not change results (for 'same run?' checks)."""
+    c = json.loads(json.dumps(config))
+    for path in IGNORED_FOR_RESUME:
+        node = c
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return c
+
+
+def read_run_json(run_dir: Path) -> Optional[dict]:
+    try:
+        with open(Path(run_dir) / "run.json") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def check_run_dir(cfg, run_dir: Path, key: str = "hydra.run.dir") -> Optional[dict]:
+    """A user error if `run_dir` holds a run of another config or is being written by a live
+    process; else its run.json (None if it has none). Creates nothing."""
+    from .lock import check_unlocked
+
+    existing = read_run_json(run_dir)
+    if existing is not None and comparable(existing.get("config") or {}) != comparable(plain_config(cfg)):
+        differ = _differences(comparable(existing.get("config") or {}), comparable(plain_config(cfg)))
+        raise UserError(f"{key}={run_dir} holds a run with another config ({differ}); continue it with its own "
+                        f"config, give this run another directory, or delete {run_dir} to start over")
+    check_unlocked(run_dir, "run directory")
+    return existing
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> str:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _differences(a, b, f"{prefix}{k}.")
+            if inner:
+                out.append(inner)
+        elif a != b:
+            out.append(f"{prefix}{k}: {json.dumps(a)} there, {json.dumps(b)} here")
+    return ", ".join(out)[:300]
+
+
+# ---------------------------------------------------------------------------------------- API
+
+def run(cfg, run_dir, overrides: Sequence[str] = ()) -> dict:
+    """Train one run into `run_dir`; returns its run.json content. A run that failed re-raises
+    its exception (its run.json says `failed`, error.log holds the traceback)."""
+    return train(cfg, run_dir, overrides)[0]
+
+
+def train(cfg, run_dir, overrides: Sequence[str] = ()):
+    """`run()`, returning (run.json content, the trained model as a plain nn.Module)."""
+    result = run_members([cfg], [run_dir], [list(overrides)], keep_model=True)
+    info = result.infos[0]
+    if result.errors.get(0) is not None:
+        raise result.errors[0]
+    return info, result.models.get(0)
+
+
+class Result:
+    def __init__(self, n: int):
+        self.infos: List[Optional[dict]] = [None] * n
+        self.errors: Dict[int, BaseException] = {}
+        self.models: Dict[int, object] = {}
+
+
+def run_members(cfgs: Sequence, run_dirs: Sequence, overrides: Optional[Sequence[Sequence[str]]] = None,
+                ensemble: bool = False, keep_model: bool = False, log=None) -> Result:
+    """Train runs that share an architecture together (an ensemble; or one run). Runs already
+    completed are left as they are; killed or failed ones continue from their checkpoint.
+    User mistakes raise UserError before anything is written."""
+    import torch
+
+    from .lock import DirLock
+
+    log = log or (lambda line: print(line, flush=True))
+    n = len(cfgs)
+    run_dirs = [Path(d) for d in run_dirs]
+    overrides = [list(o) for o in overrides] if overrides is not None else [[] for _ in cfgs]
+    for cfg, run_dir in zip(cfgs, run_dirs):
+        check_schema(cfg)
+        validate(cfg)
+        check_run_dir(cfg, run_dir)
+    device = resolve_device(cfgs[0].device)
+    result = Result(n)
+    locks = []
+    try:
+        for run_dir in run_dirs:
+            locks.append(DirLock(run_dir, "run directory").acquire())
+        from . import checkpoint
+
+        pending, templates, starts = [], {}, {}
+        for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
+            existing = read_run_json(run_dir)
+            if existing is not None and existing.get("status") == "completed":
+                result.infos[i] = existing
+                log(f"paramlab: skip {run_dir.name}: already completed in {run_dir}; left as it is")
+                continue
+            starts[i] = checkpoint.load(run_dir) if existing is not None else None
+            torch.manual_seed(cfg.seed)
+            templates[i] = build(cfg)
+            pending.append(i)
+        # Members train together when they start at the same epoch and have the same structure.
+        parts: Dict[tuple, List[int]] = {}
+        for i in pending:
+            start = starts[i]["epoch"] if starts[i] else 0
+            parts.setdefault((start, _signature(*templates[i])), []).append(i)
+        for part in parts.values():
+            _Group([cfgs[i] for i in part], [run_dirs[i] for i in part], [overrides[i] for i in part],
+                   [starts[i] for i in part], [templates[i] for i in part], device, ensemble, log
+                   ).train(result, part, keep_model)
+    finally:
+        for lock in locks:
+            lock.release()
+    return result
+
+
+def _signature(model, tie_map) -> tuple:
+    """What must be equal for runs to train as one batched model: module paths and types,
+    parameter shapes, ties."""
+    modules = tuple((path, type(m).__name__, tuple((k, tuple(p.shape)) for k, p in m._parameters.items()
+                                                   if p is not None))
+                    for path, m in model.named_modules(remove_duplicate=False))
+    return modules, json.dumps(tie_map.tie_groups())
+
+
+_GRADIENTS: dict = {}
+
+
+def _mean_gradient(per_example, batch: int):
+    """A constant (K*B,) tensor of 1/B (1.0 / B in float32, as cross_entropy's mean computes it)."""
+    import torch
+
+    key = (per_example.shape[0], batch, per_example.device, per_example.dtype)
+    if key not in _GRADIENTS:
+        one = torch.ones(per_example.shape, dtype=per_example.dtype, device=per_example.device)
+        _GRADIENTS[key] = one / torch.tensor(float(batch), dtype=per_example.dtype, device=per_example.device)
+    return _GRADIENTS[key]
+
+
+def _dropout_seed(seed: int) -> int:
+    """Seed of a member's dropout generator: derived from, but not equal to, its batch-order seed."""
+    return (int(seed) * 1_000_003 + 0x5EED) % (2 ** 63)
+
+
+# ---------------------------------------------------------------------------------------- the loop
+
+class _Group:
+    """K members (sorted by seed, so members sharing a batch order sit side by side) trained as one."""
+
+    def __init__(self, cfgs, run_dirs, overrides, starts, templates, device, ensemble: bool, log):
+        order = sorted(range(len(cfgs)), key=lambda i: int(cfgs[i].seed))
+        self.order = order
+        self.cfgs = [cfgs[i] for i in order]
+        self.run_dirs = [run_dirs[i] for i in order]
+        self.overrides = [overrides[i] for i in order]
+        self.starts = [starts[i] for i in order]
+        self.templates = [templates[i] for i in order]
+        self.device, self.ensemble, self.log = device, ensemble, log
+        self.k = len(cfgs)
+        self.infos: List[dict] = []
+        self.errors: Dict[int, BaseException] = {}      # member -> the exception it failed with
+
+    def train(self, result: Result, positions: Sequence[int], keep_model: bool) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        from . import checkpoint
+        from .batched import Members, check_batchable
+        from .model import activation_paths
+        from .optim import Optimizer
+        from .recorder import Recorder
+
+        t_start = time.perf_counter()
+        cfg0, device, k = self.cfgs[0], self.device, self.k
+        seeds = [int(c.seed) for c in self.cfgs]
+        groups = _runs(seeds)                                     # [(first, last + 1)] per seed
+        layers = activation_paths(self.templates[0][0])
+        tie_map = self.templates[0][1]
+        members = Members([t[0] for t in self.templates], tie_map, device, [_dropout_seed(s) for s in seeds])
+        check_batchable(members)
+        layers = [p for p in layers if _has(members.model, p)]  # outputs inside a vmapped module are not seen
+        dataset = load_data(cfg0, device)
+        optimizer = Optimizer(members.leaves, [c.optim for c in self.cfgs], device,
+                              on_device_step=device.type == "cuda")
+        generators = [torch.Generator(device=device).manual_seed(seeds[s]) for s, _ in groups]
+        member_group = torch.tensor([g for g, (s, e) in enumerate(groups) for _ in range(s, e)], device=device)
+        snap = cfg0.snapshot
+        n_act = min(int(snap.activation_batch), int(dataset.test_y.shape[0]))
+        recorder = Recorder(members, snap, dataset.test_x[:n_act], layers) if snap.enabled else None
+        start = self.starts[0]["epoch"] if self.starts[0] else 0
+        epochs, every, bs = int(cfg0.trainer.epochs), int(snap.every), int(cfg0.data.batch_size)
+        self.infos = infos = [self._start_info(m, tie_map, device, start) for m in range(k)]
+        status = ["running"] * k
+        limits: List[Optional[float]] = [None] * k
+        if start:
+            limits = self._restore(members, optimizer, generators, recorder)
+        elif recorder is not None:
+            recorder.snapshot(0, 0, self.run_dirs, range(k))
+        totals = _Totals(k, device, float(cfg0.trainer.diverge_factor), optimizer, limits)
+        x_all, y_all, n = dataset.train_x, dataset.train_y, dataset.n_train
+        use_graph = bool(cfg0.trainer.compile) and device.type == "cuda"
+        if cfg0.trainer.compile and device.type != "cuda":
+            print("paramlab: trainer.compile applies to CUDA only; training eagerly on the CPU", file=sys.stderr)
+        capture_always = use_graph and recorder is not None       # a graph is recorded once: always capture
+
+        def step(idx) -> None:
+            """One optimizer step for every member; idx (G, B): each seed group's batch indices.
+            Nothing here reads back to the host on a GPU (so it can be a CUDA graph)."""
+            x = x_all[idx.reshape(-1)]                              # (G*B, 1, 28, 28)
+            y = y_all[idx]                                          # (G, B)
+            y = y.expand(k, -1) if len(groups) == 1 else y if len(groups) == k else y[member_group]  # (K, B)
+            logits = members.forward(x, groups)                     # (K*B, 10)
+            per_example = F.cross_entropy(logits, y.reshape(-1), reduction="none")   # (K*B,)
+            totals.add(per_example.detach().view(k, -1).mean(1), logits, y)  # may freeze members
+            optimizer.zero_grad()
+            # The gradient of each member's mean loss: 1/B per example, as F.cross_entropy's mean gives it
+            # (a member's rows only reach its own parameters, so frozen members need no masking).
+            per_example.backward(_mean_gradient(per_example, y.shape[1]))
+            if recorder is not None and members.capturing:
+                recorder.accumulate()                               # gradients captured before the step
+            optimizer.step()
+
+        step_fn = _GraphStep(step, len(groups), bs, device) if use_graph else step
+        from tqdm import tqdm
+
+        label = self.run_dirs[0].name[:40] if k == 1 else f"ensemble of {k}"
+        bar = tqdm(range(start + 1, epochs + 1), desc=label, unit="epoch", leave=False,
+                   disable=None if cfg0.trainer.progress else True, file=sys.stderr)
+        try:
+            for epoch in bar:
+                t_epoch = time.perf_counter()
+                snapshot_epoch = recorder is not None and (epoch % every == 0 or epoch == epochs)
+                members.capturing = snapshot_epoch or capture_always
+                members.train(True)
+                if members.capturing:
+                    recorder.reset()
+                totals.reset()
+                perms = torch.stack([torch.randperm(n, device=device, generator=g) for g in generators])  # (G, n)
+                steps = 0
+                for i in range(0, n, bs):
+                    step_fn(perms[:, i:i + bs])
+                    steps += 1
+                    if totals.per_step and self._diverged(totals.drain(epoch), status, infos) and \
+                            "running" not in status:
+                        break
+                self._diverged(totals.finish(epoch), status, infos)
+                active = [m for m in range(k) if status[m] == "running"]
+                if not active:
+                    break
+                train_loss, train_acc = totals.means(n)
+                val_loss, val_acc = evaluate(members, dataset.test_x, dataset.test_y, int(cfg0.data.eval_batch_size))
+                failed = lambda m, error: self._fail(m, error, status, optimizer)  # noqa: E731
+                written = recorder.snapshot(epoch, steps, self.run_dirs, active, failed) if snapshot_epoch \
+                    else active
+                for m in written:
+                    try:
+                        self._commit(m, epoch, (train_loss[m], train_acc[m], val_loss[m], val_acc[m]), t_epoch,
+                                     t_start, members, optimizer, generators[int(member_group[m])], totals, recorder)
+                    except Exception as e:  # this member's files: it fails alone
+                        failed(m, e)
+                if k == 1 and status[0] == "running":
+                    bar.set_postfix(loss=f"{train_loss[0]:.4f}", val_acc=f"{val_acc[0]:.4f}")
+            for m in range(k):
+                if status[m] == "running":
+                    status[m] = "completed"
+        except BaseException as e:  # the shared computation: every member still running fails
+            for m in range(k):
+                if status[m] == "running":
+                    self._fail(m, e, status, optimizer)
+            self._finish_all(status, t_start)
+            raise
+        finally:
+            bar.close()
+        self._finish_all(status, t_start)
+        for m, position in enumerate(positions[i] for i in self.order):
+            result.infos[position] = infos[m]
+            if m in self.errors:
+                result.errors[position] = self.errors[m]
+        if keep_model:
+            for m, position in enumerate(positions[i] for i in self.order):
+                result.models[position] = export_model(self.cfgs[m], members, m)
+
+    # ------------------------------------------------------------------ per member bookkeeping
+    def _start_info(self, m: int, tie_map, device, start: int) -> dict:
+        """The run.json a member starts (or continues) with, written before training."""
+        import torch
+
+        from . import snapshot
+
+        run_dir, cfg = self.run_dirs[m], self.cfgs[m]
+        if start:
+            info = json.loads(self.starts[m]["info"])
+            info["resumed"] = list(info.get("resumed") or []) + [{"from_epoch": start, "at": _now()}]
+            _clear_tables_after(run_dir, start)
+            self.log(f"paramlab: resuming {run_dir} after epoch {start} of {int(cfg.trainer.epochs)}")
+        else:
+            snapshot.clear_tables(run_dir)  # a run restarted into its old directory starts clean
+            info = {"paramlab_version": __version__, "run_id": run_dir.name, "status": "running",
+                    "config": plain_config(cfg), "overrides": list(self.overrides[m]),
+                    "epochs": int(cfg.trainer.epochs), "epochs_completed": 0,
+                    "params": {"unique": tie_map.unique, "total": tie_map.total},
+                    "tie_groups": tie_map.tie_groups(), "final": None, "wall_time_s": None, "epoch_times_s": [],
+                    "device": str(device), "torch_version": torch.__version__, "threads": torch.get_num_threads(),
+                    "pid": os.getpid(), "started_at": _now(), "finished_at": None, "error": None, "diverged": None,
+                    "resumed": [], "ensemble": None}
+        info.update(status="running", error=None, pid=os.getpid(), threads=torch.get_num_threads(),
+                    finished_at=None, device=str(device))
+        info["config"] = plain_config(cfg)        # e.g. trainer.progress, which may differ when continuing
+        info["ensemble"] = {"size": self.k, "members": [d.name for d in self.run_dirs]} if self.ensemble else None
+        info["_wall_before"] = float(info.get("wall_time_s") or 0.0) if start else 0.0
+        snapshot.write_json(run_dir / "run.json", _public(info))
+        return info
+
+    def _restore(self, members, optimizer, generators, recorder) -> List[Optional[float]]:
+        """Load every member's checkpoint into the batched state (all continue after one epoch)."""
+        import torch
+
+        states = self.starts
+        with torch.no_grad():
+            for i, p in enumerate(members.params):
+                p.copy_(torch.stack([s["params"][i] for s in states]))
+            for name, buffer in members.buffers.items():
+                buffer.copy_(torch.stack([s["buffers"][name] for s in states]))
+        optimizer.load_member_states([s["optim"] for s in states])
+        for g, (first, _) in zip(generators, _runs([int(c.seed) for c in self.cfgs])):
+            g.set_state(states[first]["batch_rng"])
+        for g, s in zip(members.dropout_generators, states):
+            g.set_state(s["dropout_rng"])
+        if self.device.type == "cuda" and states[0].get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(states[0]["cuda_rng"], self.device)
+        if recorder is not None:
+            recorder.previous = [p.detach().clone() for p in members.params]
+            recorder.previous_epoch = states[0]["epoch"]
+            if states[0].get("previous") is not None:
+                recorder.previous_epoch = -1
+                recorder.previous = [torch.stack([s["previous"][i] for s in states]).to(self.device)
+                                     for i in range(len(members.params))]
+        return [s.get("limit") for s in states]
+
+    def _commit(self, m: int, epoch: int, metrics, t_epoch: float, t_start: float, members, optimizer, generator,
+                totals, recorder) -> None:
+        """One member's epoch: metrics table, checkpoint, then run.json (params/, tensors/ and
+        activations/ of a snapshot epoch were written just before)."""
+        import torch
+
+        from . import checkpoint, snapshot
+
+        run_dir, info = self.run_dirs[m], self.infos[m]
+        train_loss, train_acc, val_loss, val_acc = metrics
+        snapshot.write_table(run_dir, "metrics", epoch, {
+            "epoch": [epoch] * 4, "split": ["train", "train", "val", "val"],
+            "metric": ["loss", "acc", "loss", "acc"], "value": [train_loss, train_acc, val_loss, val_acc]})
+        previous = None  # values at the last snapshot epoch, if that was not this one (for `update` rows)
+        if recorder is not None and recorder.previous is not None and recorder.previous_epoch != epoch:
+            previous = [t[m].detach().cpu().clone() for t in recorder.previous]
+        checkpoint.save(run_dir, {
+            "epoch": epoch, "info": json.dumps(_public({**info, **self._epoch_fields(m, epoch, metrics, t_epoch,
+                                                                                      t_start)})),
+            "params": [p[m].detach().cpu().clone() for p in members.params],
+            "buffers": {name: b[m].detach().cpu().clone() for name, b in members.buffers.items()},
+            "optim": optimizer.member_state(m),
+            "batch_rng": generator.get_state(), "dropout_rng": members.dropout_generators[m].get_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "limit": totals.limit_of(m), "previous": previous})
+        info.update(self._epoch_fields(m, epoch, metrics, t_epoch, t_start))
+        snapshot.write_json(run_dir / "run.json", _public(info))
+
+    def _epoch_fields(self, m: int, epoch: int, metrics, t_epoch: float, t_start: float) -> dict:
+        info = self.infos[m]
+        train_loss, train_acc, val_loss, val_acc = metrics
+        times = list(info["epoch_times_s"])[:epoch - 1] + [round(time.perf_counter() - t_epoch, 6)]
+        return {"epochs_completed": epoch, "epoch_times_s": times,
+                "final": {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc},
+                "wall_time_s": round(info["_wall_before"] + time.perf_counter() - t_start, 3)}
+
+    def _fail(self, m: int, error: BaseException, status, optimizer) -> None:
+        """Member m failed: frozen, its traceback in error.log, run.json says so."""
+        from . import snapshot
+
+        status[m] = "failed"
+        optimizer.freeze(m)
+        self.infos[m]["error"] = one_line(error)
+        self.errors[m] = error
+        try:
+            (self.run_dirs[m] / "error.log").write_text("".join(traceback.format_exception(error)))
+        except OSError:
+            pass
+        try:
+            snapshot.write_json(self.run_dirs[m] / "run.json", _public({**self.infos[m], "status": "failed"}))
+        except OSError:
+            pass  # disk full / read-only: the previous run.json stays valid
+
+    def _diverged(self, events, status, infos) -> bool:
+        """Record members whose loss went bad: [(member, epoch, step, loss)]. True if any."""
+        for m, epoch, step, loss in events:
+            if status[m] != "running":
+                continue
+            status[m] = "diverged"
+            detail = f"epoch {epoch} step {step}: loss {loss:.4g}"
+            infos[m]["diverged"] = {"epoch": epoch, "step": step, "loss": loss, "detail": detail}
+            infos[m]["error"] = f"diverged at {detail}"
+            if self.k > 1:
+                self.log(f"paramlab: ensemble member {self.run_dirs[m].name} diverged at {detail}")
+        return bool(events)
+
+    def _finish_all(self, status, t_start: float) -> None:
+        from . import snapshot
+
+        for m, info in enumerate(self.infos):
+            info["status"] = status[m] if status[m] != "running" else "failed"
+            info["wall_time_s"] = round(info["_wall_before"] + time.perf_counter() - t_start, 3)
+            info["finished_at"] = _now()
+            try:
+                snapshot.write_json(self.run_dirs[m] / "run.json", _public(info))
+            except OSError:
+                pass
+            for key in [k for k in info if k.startswith("_")]:
+                del info[key]
+
+
+def _public(info: dict) -> dict:
+    return {k: v for k, v in info.items() if not k.startswith("_")}
+
+
+def _runs(values: Sequence) -> List[Tuple[int, int]]:
+    """[(start, end)] of the runs of equal consecutive values."""
+    out, s = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[s]:
+            out.append((s, i))
+            s = i
+    return out
+
+
+def _has(model, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def _clear_tables_after(run_dir: Path, epoch: int) -> None:
+    """Remove table files of epochs after `epoch` (written before a kill, not yet checkpointed)."""
+    from .snapshot import TABLES
+
+    for table in TABLES:
+        folder = Path(run_dir) / table
+        for f in folder.glob("epoch-*.parquet") if folder.is_dir() else []:
+            if int(f.stem.split("-")[1]) > epoch:
+                f.unlink()
+        for f in folder.glob(".*") if folder.is_dir() else []:
+            f.unlink()
+
+
+def checks_loss_per_step(device) -> bool:
+    """On the CPU a loss value per step is free; on a GPU it would sync the host every step, so
+    there the losses are checked on the device and read once per epoch."""
+    return device.type == "cpu"
+
+
+class _Totals:
+    """Per member: the epoch's train-loss sum, correct count, and the divergence check (a loss
+    that is non-finite or above `factor` x the member's first loss freezes the member).
+
+    On the CPU the K losses are read every step (free there), so a diverging member is frozen at
+    its first bad step and a run whose members all diverged stops there. On a GPU everything
+    stays on the device, so a step needs no host sync (and can be a CUDA graph): the check and
+    the freezing happen on the device and are read once per epoch."""
+
+    def __init__(self, k: int, device, factor: float, optimizer, limits: List[Optional[float]]):
+        import torch
+
+        self.k, self.factor, self.optimizer = k, factor, optimizer
+        self.per_step = checks_loss_per_step(device)
+        self.limits = list(limits)                           # host, per member (CPU)
+        self.limit = None if any(v is None for v in limits) else torch.tensor(limits, device=device)
+        self.correct = torch.zeros(k, dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+        self.bad_step = torch.full((k,), -1, dtype=torch.int64, device=device)
+        self.bad_loss = torch.zeros(k, dtype=torch.float64, device=device)
+        self.step = torch.zeros((), dtype=torch.int64, device=device)
+        self.host_sums = [0.0] * k
+        self.events: List[Tuple[int, int, float]] = []      # (member, step, loss) not yet reported
+        self.host_step = 0
+
+    def reset(self) -> None:
+        for t in (self.correct, self.loss_sum, self.step):
+            t.zero_()
+        self.bad_step.fill_(-1)
+        self.host_sums = [0.0] * self.k
+        self.host_step = 0
+
+    def add(self, losses, logits, y) -> None:
+        """losses (K,), logits (K*B, 10), y (K, B)."""
+        import torch
+
+        b = y.shape[1]
+        self.correct += (logits.argmax(1).view(self.k, -1) == y).sum(1)
+        if self.per_step:
+            for m, v in enumerate(losses.tolist()):
+                if not self.optimizer.alive_host[m]:
+                    continue
+                if self.limits[m] is None:
+                    self.limits[m] = v * self.factor
+                if v <= self.limits[m]:
+                    self.host_sums[m] += v * b
+                else:                                       # `not <=` also catches NaN
+                    self.optimizer.freeze(m)                # before the backward: its loss is left out
+                    self.events.append((m, self.host_step, v))
+            self.host_step += 1
+            return
+        loss = losses.detach()
+        if self.limit is None:                              # the first step (eager, never inside a graph)
+            self.limit = loss * self.factor
+        alive = self.optimizer.alive > 0
+        bad = ~(loss <= self.limit) & alive
+        first = bad & (self.bad_step < 0)
+        self.bad_step.copy_(torch.where(first, self.step, self.bad_step))
+        self.bad_loss.copy_(torch.where(first, loss.double(), self.bad_loss))
+        self.optimizer.alive.mul_((~bad).float())
+        torch.mul(self.optimizer.lr, self.optimizer.alive, out=self.optimizer.neg_lr).neg_()
+        self.loss_sum += torch.where(alive & ~bad, loss.double() * b, torch.zeros_like(self.loss_sum))
+        self.step += 1
+
+    def drain(self, epoch: int) -> List[Tuple[int, int, int, float]]:
+        """CPU: the members that diverged since the last call, as (member, epoch, step, loss)."""
+        events, self.events = self.events, []
+        return [(m, epoch, s, v) for m, s, v in events]
+
+    def finish(self, epoch: int) -> List[Tuple[int, int, int, float]]:
+        """End of the epoch (the GPU's one sync): members that diverged in it."""
+        if self.per_step:
+            return self.drain(epoch)
+        steps, losses = self.bad_step.tolist(), self.bad_loss.tolist()
+        alive = self.optimizer.alive.tolist()
+        self.optimizer.alive_host = list(alive)
+        self.limits = self.limit.tolist() if self.limit is not None else self.limits
+        return [(m, epoch, s, losses[m]) for m, s in enumerate(steps) if s >= 0]
+
+    def means(self, n: int) -> Tuple[List[float], List[float]]:
+        sums = self.host_sums if self.per_step else self.loss_sum.tolist()
+        correct = self.correct.tolist()
+        return [s / n for s in sums], [c / n for c in correct]
+
+    def limit_of(self, m: int) -> Optional[float]:
+        return self.limits[m] if self.per_step or self.limit is None else float(self.limits[m])
+
+
+class _GraphStep:
+    """`trainer.compile=true` on CUDA: the whole step of all members (gather, forward, losses,
+    divergence check, backward, gradient capture, optimizer step) recorded once as a CUDA graph
+    and replayed per batch, so small models are not bound by kernel launches. Only the batch
+    indices are copied in; a last partial batch runs eagerly. The first steps run eagerly on a
+    side stream (warm-up), as capture requires."""
+
+    WARMUP = 3
+
+    def __init__(self, step, groups: int, batch_size: int, device):
+        import torch
+
+        self.step, self.graph, self.warm = step, None, 0
+        self.idx = torch.zeros(groups, batch_size, dtype=torch.long, device=device)
+
+    def __call__(self, idx) -> None:
+        import torch
+
+        if idx.shape != self.idx.shape:
+            self.step(idx)
+        elif self.graph is None and self.warm < self.WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.step(idx)
+            torch.cuda.current_stream().wait_stream(side)
+            self.warm += 1
+        elif self.graph is None:
+            self.idx.copy_(idx)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.step(self.idx)
+            self.graph.replay()  # capturing does not run the step
+        else:
+            self.idx.copy_(idx)
+            self.graph.replay()
+
+
+def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
+    """Per member mean cross-entropy and accuracy on (x, y). Every member sees the same rows
+    (shared input); per-example losses are kept and summed once, so chunking changes nothing."""
+    import torch
+    import torch.nn.functional as F
+
+    k, n = members.k, x.shape[0]
+    chunk = max(1, batch_size // k)
+    per_example = torch.empty(k, n, device=x.device)
+    correct = torch.zeros(k, dtype=torch.int64, device=x.device)
+    members.train(False)
+    with torch.no_grad():
+        for i in range(0, n, chunk):
+            yy = y[i:i + chunk]
+            logits = members.forward(x[i:i + chunk], [(0, k)])          # (K*b, 10)
+            per_example[:, i:i + chunk] = F.cross_entropy(logits, yy.repeat(k), reduction="none").view(k, -1)
+            correct += (logits.argmax(1).view(k, -1) == yy).sum(1)
+    members.train(True)
+    return (per_example.double().sum(1) / n).tolist(), (correct.double() / n).tolist()
+
+
+def export_model(cfg, members, m: int):
+    """Member m as a plain nn.Module (built like the run's, holding its trained tensors)."""
+    import torch
+
+    state = torch.random.get_rng_state()
+    model, tie_map = build(cfg)
+    torch.random.set_rng_state(state)
+    with torch.no_grad():
+        named = dict(model.named_parameters())
+        for name, p in zip(members.names, members.params):
+            named[name].copy_(p[m])
+        buffers = dict(model.named_buffers())
+        for name, b in members.buffers.items():
+            if name in buffers:
+                buffers[name].copy_(b[m])
+    return model.to(members.device)
+
+
+def one_line(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    if isinstance(e, OSError) and e.strerror:
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{type(e).__name__}: {e.strerror}{where}"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip()

@@ -1,0 +1,144 @@
+"""The ensemble launcher (`hydra/launcher=ensemble`, the default for `-m`): the jobs of a grid
+that differ only in learning rate, momentum, weight decay, dropout, init or seed train together
+as one batched model (runner.engine.run_members); groups that cannot share a model (other
+widths, sharing, models, optimizers, ...) run side by side on the cores, one process each.
+
+Every job keeps its own run directory, run.json (with `ensemble` = {size, members}) and tables,
+and on the CPU the same numbers as the job run alone. A member that diverges is frozen and
+recorded while the others go on; a member whose own files fail fails alone; an exception in the
+shared computation fails the members still running, whose finished epochs stay on disk and
+continue from their checkpoints when the same command runs again.
+
+Hydra finds launchers only in the `hydra_plugins` namespace package: hydra_plugins/
+paramlab_ensemble_launcher holds a three-line subclass of `EnsembleLauncherBase`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+
+@dataclass
+class EnsembleLauncherConf:
+    _target_: str = "hydra_plugins.paramlab_ensemble_launcher.ensemble_launcher.EnsembleLauncher"
+    # Largest number of jobs trained together in one batched model.
+    max_members: int = 64
+    # Groups run side by side in this many processes (-1: one per core, at most one per group).
+    n_jobs: int = -1
+
+
+def register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="hydra/launcher", name="ensemble", node=EnsembleLauncherConf,
+                                 provider="paramlab")
+
+
+class EnsembleLauncherBase(Launcher):
+    def __init__(self, max_members: int = 64, n_jobs: int = -1) -> None:
+        self.max_members, self.n_jobs = max_members, n_jobs
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from hydra.core.utils import configure_log, setup_globals
+
+        from .cli import COMPOSER, outcome_line
+        from .config import plain_config, without_hydra
+        from .sweep import group_jobs, job_device, refresh_sweep_json
+
+        setup_globals()
+        assert self.config is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        hydra_overrides = list(self.config.hydra.overrides.hydra)
+        jobs: List[Tuple[List[str], DictConfig, Path]] = []
+        for offset, overrides in enumerate(job_overrides):
+            cfg = COMPOSER.compose(hydra_overrides + list(overrides))
+            OmegaConf.copy_cache(from_config=self.config, to_config=cfg)
+            with open_dict(cfg):
+                cfg.hydra.job.num = initial_job_idx + offset
+                cfg.hydra.job.id = f"{cfg.hydra.job.name}_{initial_job_idx + offset}"
+            jobs.append((list(overrides), cfg, Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)))
+        plains = [plain_config(cfg) for _, cfg, _ in jobs]
+        groups = group_jobs(plains, self.max_members)
+        cores = os.cpu_count() or 1
+        workers = min(len(groups), cores if self.n_jobs < 0 else self.n_jobs)
+        threads = max(1, cores // max(workers, 1))
+        sizes = "+".join(str(len(g)) for g in groups)
+        side = f", {workers} side by side ({threads} thread{'s' * (threads > 1)} each)" if workers > 1 else ""
+        print(f"paramlab: {len(jobs)} jobs as {len(groups)} ensemble{'s' * (len(groups) > 1)} ({sizes}){side}",
+              flush=True)
+        calls = []
+        for g, members in enumerate(groups):
+            cfgs = [without_hydra(jobs[i][1]) for i in members]
+            if workers > 1:
+                for cfg in cfgs:
+                    OmegaConf.update(cfg, "device", job_device(str(cfg.device), g), merge=False)
+            calls.append((cfgs, [jobs[i][2] for i in members], [jobs[i][0] for i in members],
+                          threads if workers > 1 else None))
+        infos: List[Optional[dict]] = [None] * len(jobs)
+
+        def done(members: List[int], outcome) -> None:
+            results, error = outcome
+            refresh_sweep_json(sweep_dir)
+            if error:
+                print(f"paramlab: {error}", flush=True)
+            for i, info in zip(members, results or [None] * len(members)):
+                infos[i] = info
+                if info is not None:
+                    print(outcome_line(info, ",".join(jobs[i][0]) or "(defaults)", sweep_dir), flush=True)
+
+        if workers > 1:
+            from joblib import Parallel, delayed
+
+            outcomes = Parallel(n_jobs=workers, backend="loky", prefer="processes", max_nbytes=None,
+                                return_as="generator")(delayed(run_group)(*call) for call in calls)
+            for members, outcome in zip(groups, outcomes):
+                done(members, outcome)
+        else:
+            for members, call in zip(groups, calls):
+                done(members, run_group(*call))
+        returns: List[JobReturn] = []
+        for (overrides, cfg, run_dir), info in zip(jobs, infos):
+            ret = JobReturn(overrides=overrides, cfg=cfg, hydra_cfg=cfg, working_dir=str(run_dir),
+                            task_name=str(cfg.hydra.job.name))
+            ret.status = JobStatus.COMPLETED
+            ret.return_value = info
+            returns.append(ret)
+        return returns
+
+
+def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):
+    """One ensemble (in this process or a worker): ([run.json per member] or None, error line)."""
+    from .config import UserError
+    from .engine import one_line, run_members
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    names = ", ".join(Path(d).name for d in run_dirs)
+    if len(cfgs) > 1:
+        print(f"paramlab: ensemble of {len(cfgs)}: {names}", flush=True)
+    else:
+        print(f"paramlab: start {names} -> {run_dirs[0]}", flush=True)
+    try:
+        result = run_members(cfgs, run_dirs, overrides, ensemble=True)
+    except UserError as e:
+        return None, f"error: {e} [jobs: {names}]"
+    except BaseException as e:  # recorded as failed in each member's run.json, with error.log
+        return None, f"ensemble failed: {one_line(e)} (traceback in each member's error.log) [jobs: {names}]"
+    return result.infos, None
