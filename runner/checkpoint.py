@@ -33,3 +33,7 @@ def load(run_dir: Path) -> Optional[dict]:
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state if state.get("format") == FORMAT else None
+
+
+def remove(run_dir: Path) -> None:
+    (Path(run_dir) / NAME).unlink(missing_ok=True)

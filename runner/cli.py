@@ -354,8 +354,8 @@ def task(cfg: DictConfig) -> Optional[dict]:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
-    label = ",".join(overrides) or "(defaults)"
     multirun = hc.mode == RunMode.MULTIRUN
+    label = run_dir.name if multirun else ",".join(overrides) or "(defaults)"
     threads = job_threads(hc)
     if threads:
         import torch

@@ -280,12 +280,14 @@ class _Group:
         start = self.starts[0]["epoch"] if self.starts[0] else 0
         epochs, every, bs = int(cfg0.trainer.epochs), int(snap.every), int(cfg0.data.batch_size)
         self.infos = infos = [self._start_info(m, tie_map, device, start) for m in range(k)]
+        writer = _Writer()
         status = ["running"] * k
         limits: List[Optional[float]] = [None] * k
         if start:
             limits = self._restore(members, optimizer, generators, recorder)
         elif recorder is not None:
-            recorder.snapshot(0, 0, self.run_dirs, range(k))
+            for m, write in recorder.snapshot(0, 0, self.run_dirs, range(k)).items():
+                writer.submit(m, write)
         totals = _Totals(k, device, float(cfg0.trainer.diverge_factor), optimizer, limits)
         x_all, y_all, n = dataset.train_x, dataset.train_y, dataset.n_train
         use_graph = bool(cfg0.trainer.compile) and device.type == "cuda"
@@ -339,21 +341,23 @@ class _Group:
                     break
                 train_loss, train_acc = totals.means(n)
                 val_loss, val_acc = evaluate(members, dataset.test_x, dataset.test_y, int(cfg0.data.eval_batch_size))
-                failed = lambda m, error: self._fail(m, error, status, optimizer)  # noqa: E731
-                written = recorder.snapshot(epoch, steps, self.run_dirs, active, failed) if snapshot_epoch \
-                    else active
-                for m in written:
-                    try:
-                        self._commit(m, epoch, (train_loss[m], train_acc[m], val_loss[m], val_acc[m]), t_epoch,
-                                     t_start, members, optimizer, generators[int(member_group[m])], totals, recorder)
-                    except Exception as e:  # this member's files: it fails alone
-                        failed(m, e)
+                writes = recorder.snapshot(epoch, steps, self.run_dirs, active) if snapshot_epoch else {}
+                # At most one epoch of files in flight: wait for the previous one, fail members whose files failed.
+                self._collect(writer, status, optimizer)
+                for m in [m for m in active if status[m] == "running"]:
+                    if m in writes:
+                        writer.submit(m, writes[m])
+                    writer.submit(m, self._commit(m, epoch, (train_loss[m], train_acc[m], val_loss[m], val_acc[m]),
+                                                  t_epoch, t_start, members, optimizer,
+                                                  generators[int(member_group[m])], totals, recorder))
                 if k == 1 and status[0] == "running":
                     bar.set_postfix(loss=f"{train_loss[0]:.4f}", val_acc=f"{val_acc[0]:.4f}")
+            self._collect(writer, status, optimizer)
             for m in range(k):
                 if status[m] == "running":
                     status[m] = "completed"
         except BaseException as e:  # the shared computation: every member still running fails
+            self._collect(writer, status, optimizer)
             for m in range(k):
                 if status[m] == "running":
                     self._fail(m, e, status, optimizer)
@@ -361,6 +365,7 @@ class _Group:
             raise
         finally:
             bar.close()
+            writer.close()
         self._finish_all(status, t_start)
         for m, position in enumerate(positions[i] for i in self.order):
             result.infos[position] = infos[m]
@@ -428,34 +433,47 @@ class _Group:
         return [s.get("limit") for s in states]
 
     def _commit(self, m: int, epoch: int, metrics, t_epoch: float, t_start: float, members, optimizer, generator,
-                totals, recorder) -> None:
-        """One member's epoch: metrics table, checkpoint, then run.json (params/, tensors/ and
-        activations/ of a snapshot epoch were written just before)."""
+                totals, recorder):
+        """Member m's end of epoch, as a function the writer runs after the member's params/,
+        tensors/ and activations/ files: its metrics file, its checkpoint, then run.json. The state
+        is copied to the host now; run.json's fields change only once the files are written."""
         import torch
 
         from . import checkpoint, snapshot
 
         run_dir, info = self.run_dirs[m], self.infos[m]
         train_loss, train_acc, val_loss, val_acc = metrics
-        snapshot.write_table(run_dir, "metrics", epoch, {
-            "epoch": [epoch] * 4, "split": ["train", "train", "val", "val"],
-            "metric": ["loss", "acc", "loss", "acc"], "value": [train_loss, train_acc, val_loss, val_acc]})
+        fields = self._epoch_fields(m, epoch, metrics, t_epoch, t_start)
         previous = None  # values at the last snapshot epoch, if that was not this one (for `update` rows)
         if recorder is not None and recorder.previous is not None and recorder.previous_epoch != epoch:
             previous = [t[m].detach().cpu().clone() for t in recorder.previous]
-        checkpoint.save(run_dir, {
-            "epoch": epoch, "info": json.dumps(_public({**info, **self._epoch_fields(m, epoch, metrics, t_epoch,
-                                                                                      t_start)})),
-            "params": [p[m].detach().cpu().clone() for p in members.params],
+        state = {
+            "epoch": epoch, "params": [p[m].detach().cpu().clone() for p in members.params],
             "buffers": {name: b[m].detach().cpu().clone() for name, b in members.buffers.items()},
             "optim": optimizer.member_state(m),
             "batch_rng": generator.get_state(), "dropout_rng": members.dropout_generators[m].get_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "limit": totals.limit_of(m), "previous": previous})
-        info.update(self._epoch_fields(m, epoch, metrics, t_epoch, t_start))
-        snapshot.write_json(run_dir / "run.json", _public(info))
+            "limit": totals.limit_of(m), "previous": previous}
+
+        def write() -> None:
+            snapshot.write_table(run_dir, "metrics", epoch, {
+                "epoch": [epoch] * 4, "split": ["train", "train", "val", "val"],
+                "metric": ["loss", "acc", "loss", "acc"], "value": [train_loss, train_acc, val_loss, val_acc]})
+            checkpoint.save(run_dir, {**state, "info": json.dumps(_public({**info, **fields}))})
+            info.update(fields)
+            snapshot.write_json(run_dir / "run.json", _public(info))
+
+        return write
+
+    def _collect(self, writer: "_Writer", status, optimizer) -> None:
+        """Wait for the files in flight; a member whose files failed fails alone."""
+        writer.wait()
+        for m, error in writer.failures().items():
+            if status[m] == "running":
+                self._fail(m, error, status, optimizer)
 
     def _epoch_fields(self, m: int, epoch: int, metrics, t_epoch: float, t_start: float) -> dict:
+        """run.json's fields for a completed epoch (read while no write of this member is in flight)."""
         info = self.infos[m]
         train_loss, train_acc, val_loss, val_acc = metrics
         times = list(info["epoch_times_s"])[:epoch - 1] + [round(time.perf_counter() - t_epoch, 6)]
@@ -494,7 +512,7 @@ class _Group:
         return bool(events)
 
     def _finish_all(self, status, t_start: float) -> None:
-        from . import snapshot
+        from . import checkpoint, snapshot
 
         for m, info in enumerate(self.infos):
             info["status"] = status[m] if status[m] != "running" else "failed"
@@ -502,10 +520,58 @@ class _Group:
             info["finished_at"] = _now()
             try:
                 snapshot.write_json(self.run_dirs[m] / "run.json", _public(info))
+                if info["status"] == "completed":
+                    checkpoint.remove(self.run_dirs[m])  # only once run.json says so: never continued again
             except OSError:
                 pass
             for key in [k for k in info if k.startswith("_")]:
                 del info[key]
+
+
+class _Writer:
+    """Writes run files in a background thread, in the order they were submitted, so training
+    goes on while they reach the disk (each file: temp name, fsync, rename, fsync of the folder).
+    A member whose write fails is skipped from then on; `failures()` reports it once."""
+
+    def __init__(self):
+        import queue
+        import threading
+
+        self.queue: "queue.Queue" = queue.Queue()
+        self.errors: Dict[int, BaseException] = {}
+        self.reported: set = set()
+        self.thread = threading.Thread(target=self._run, name="paramlab-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                member, write = item
+                if member not in self.errors:
+                    try:
+                        write()
+                    except BaseException as e:  # noqa: BLE001 (reported to the loop, which fails the member)
+                        self.errors[member] = e
+            finally:
+                self.queue.task_done()
+
+    def submit(self, member: int, write) -> None:
+        self.queue.put((member, write))
+
+    def wait(self) -> None:
+        self.queue.join()
+
+    def failures(self) -> Dict[int, BaseException]:
+        new = {m: e for m, e in self.errors.items() if m not in self.reported}
+        self.reported |= set(new)
+        return new
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
 
 
 def _public(info: dict) -> dict:

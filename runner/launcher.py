@@ -99,7 +99,7 @@ class EnsembleLauncherBase(Launcher):
             for i, info in zip(members, results or [None] * len(members)):
                 infos[i] = info
                 if info is not None:
-                    print(outcome_line(info, ",".join(jobs[i][0]) or "(defaults)", sweep_dir), flush=True)
+                    print(outcome_line(info, jobs[i][2].name, sweep_dir), flush=True)
 
         if workers > 1:
             from joblib import Parallel, delayed

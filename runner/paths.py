@@ -44,7 +44,7 @@ def default_sweep_dir(task_overrides) -> str:
     digest = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
     # No '=', ',' or brackets: the path must pass as `sweep.resume=PATH` without quoting.
     readable = "__".join(o.replace("=", "-").replace(",", "+") for o in overrides)
-    readable = _CLI_UNSAFE.sub("_", readable).strip("_")[:60].strip("_") or "default"
+    readable = _CLI_UNSAFE.sub("_", readable).strip("_+-~")[:60].strip("_") or "default"
     return f"{SWEEP_ROOT}/{readable}-{digest}"  # the digest of every override makes it one-to-one
 
 

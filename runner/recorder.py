@@ -9,8 +9,9 @@ copied to the host once per snapshot.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -49,12 +50,12 @@ class Recorder:
 
     # ---------------------------------------------------------------- per snapshot epoch
     @torch.no_grad()
-    def snapshot(self, epoch: int, steps: int, run_dirs: Sequence[Path], active: Sequence[int],
-                 on_error=None) -> List[int]:
-        """Write `params/` (+ `tensors/`) and `activations/` of `epoch` for the members in `active`
-        (0 = right after init: values only). `steps`: optimizer steps since reset(), counted by the
-        loop (a replayed CUDA graph runs no Python). A member whose files fail is passed to
-        `on_error(member, exception)` (or the exception is raised); returns the members written."""
+    def snapshot(self, epoch: int, steps: int, run_dirs: Sequence[Path], active: Sequence[int]) -> Dict[int, Callable]:
+        """The statistics of `epoch` for all members (0 = right after init: values only), and per
+        member in `active` a function that writes its `params/` (+ `tensors/`) and `activations/`
+        files from host copies (so a background thread may run it while training goes on).
+        `steps`: optimizer steps since reset(), counted by the loop (a replayed CUDA graph runs no
+        Python)."""
         m = self.members
         k = m.k
         values = [p.detach() for p in m.params]
@@ -97,35 +98,30 @@ class Recorder:
             if self.cfg.tensors else None
         outputs = activation_outputs(m, self.activation_x, self.layers)
         act = activation_stats(m, outputs) if outputs else None
-        written = []
-        for member in active:
-            try:
-                self._write(member, Path(run_dirs[member]), epoch, rows, stats, picks, extra, extras, stored, flat,
-                            outputs, act)
-                written.append(member)
-            except Exception as e:
-                if on_error is None:
-                    raise
-                on_error(member, e)
+        layers = [(name, tuple(o.shape)) for name, o in outputs.items()]      # (K, B, units)
+        rows = [(r[0], r[1], r[2], tuple(r[3].shape[1:])) for r in rows]        # host-side: no tensors
+        kinds = {r: kind for r, (kind, _) in extra.items()}
         self.previous = [v.clone() for v in values]
         self.previous_epoch = epoch
-        return written
+        return {member: partial(_write, Path(run_dirs[member]), epoch, member, rows, stats, picks, kinds, extras,
+                                [rows[r] for r in stored], flat, layers, act) for member in active}
 
-    def _write(self, member, run_dir, epoch, rows, stats, picks, extra, extras, stored, flat, outputs, act) -> None:
-        cols = {"epoch": [epoch] * len(rows), "name": [r[0] for r in rows], "kind": [r[1] for r in rows],
-                "site": [r[2] for r in rows], "shape": [list(r[3].shape[1:]) for r in rows]}
-        for key, column in stats.items():
-            picked = column[member][picks]
-            cols[key] = list(picked) if picked.ndim == 2 else picked
-        for key in ("cos_grad", "step_var"):
-            cols[key] = [float(extras[r][member]) if r in extra and extra[r][0] == key else None
-                         for r in range(len(rows))]
-        snapshot.write_table(run_dir, "params", epoch, cols)
-        if flat is not None:
-            snapshot.write_table(run_dir, "tensors", epoch,
-                                 tensors_columns(epoch, [rows[r] for r in stored], flat[member]))
-        if act is not None:
-            write_activations(run_dir, epoch, outputs, act[member])
+
+def _write(run_dir: Path, epoch: int, member: int, rows, stats, picks, kinds, extras, stored, flat, layers,
+           act) -> None:
+    """One member's params/ (+ tensors/) and activations/ files of one epoch."""
+    cols = {"epoch": [epoch] * len(rows), "name": [r[0] for r in rows], "kind": [r[1] for r in rows],
+            "site": [r[2] for r in rows], "shape": [list(r[3]) for r in rows]}
+    for key, column in stats.items():
+        picked = column[member][picks]
+        cols[key] = list(picked) if picked.ndim == 2 else picked
+    for key in ("cos_grad", "step_var"):
+        cols[key] = [float(extras[r][member]) if kinds.get(r) == key else None for r in range(len(rows))]
+    snapshot.write_table(run_dir, "params", epoch, cols)
+    if flat is not None:
+        snapshot.write_table(run_dir, "tensors", epoch, tensors_columns(epoch, stored, flat[member]))
+    if act is not None:
+        write_activations(run_dir, epoch, layers, act[member])
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -135,19 +131,21 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def tensors_columns(epoch: int, rows: Sequence[tuple], flat: np.ndarray) -> dict:
-    """Columns of the `tensors` table: rows (name, kind, site, (K, ...) tensor) and one member's
-    values of all of them end to end (float32), as one list array without per-element Python."""
-    sizes = [int(np.prod(r[3].shape[1:], dtype=np.int64)) for r in rows]
+    """Columns of the `tensors` table: rows (name, kind, site, shape) and one member's values of
+    all of them end to end (float32), as one list array without per-element Python."""
+    sizes = [int(np.prod(r[3], dtype=np.int64)) for r in rows]
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
     np.cumsum(sizes, out=offsets[1:])
     values = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.float32()))
     return {"epoch": [epoch] * len(rows), "name": [r[0] for r in rows], "kind": [r[1] for r in rows],
-            "site": [r[2] for r in rows], "shape": [list(r[3].shape[1:]) for r in rows], "values": values}
+            "site": [r[2] for r in rows], "shape": [list(r[3]) for r in rows], "values": values}
 
 
 def activation_outputs(members: Members, x: torch.Tensor, layers: Sequence[str]) -> dict:
     """Each hidden layer's output for the fixed batch x (shared by all members), in eval mode,
-    without grad, as (K, B, features). A module reused at several paths is told apart by call order."""
+    without grad, as (K, B, features). A module reused at several paths is told apart by call
+    order; one called more often than it has paths (one ReLU object used after every layer)
+    gives `path`, `path#2`, ... for its calls."""
     if not layers:
         return {}
     model = members.model
@@ -178,7 +176,7 @@ def activation_outputs(members: Members, x: torch.Tensor, layers: Sequence[str])
         members.train(was_training)
         for h in handles:
             h.remove()
-    return {path: outputs[path] for path in layers if path in outputs}
+    return outputs  # in call order; a module called more often than it has paths: path#2, path#3, ...
 
 
 def activation_stats(members: Members, outputs: dict) -> np.ndarray:
@@ -196,11 +194,10 @@ def activation_stats(members: Members, outputs: dict) -> np.ndarray:
     return torch.stack(rows, dim=1).cpu().numpy()
 
 
-def write_activations(run_dir: Path, epoch: int, outputs: dict, act: np.ndarray) -> None:
-    """One member's `activations/` file: `outputs` names the layers and gives their (K, B, units)
-    shapes, `act` its (layers, 4) statistics."""
-    shapes = [o.shape for o in outputs.values()]
+def write_activations(run_dir: Path, epoch: int, layers, act: np.ndarray) -> None:
+    """One member's `activations/` file: `layers` (name, (K, B, units)), `act` its (layers, 4) statistics."""
+    shapes = [shape for _, shape in layers]
     snapshot.write_table(run_dir, "activations", epoch, {
-        "epoch": [epoch] * len(shapes), "layer": list(outputs),
+        "epoch": [epoch] * len(shapes), "layer": [name for name, _ in layers],
         "units": [int(s[2]) for s in shapes], "examples": [int(s[1]) for s in shapes],
         "mean": act[:, 0], "var": act[:, 1], "frac_dead": act[:, 2], "frac_zero": act[:, 3]})
