@@ -78,7 +78,9 @@ def _write_run(d: Path, i: int, epochs: int, rng: np.random.Generator) -> None:
                 "n_nonfinite": np.zeros(len(sel), dtype=np.int64),
                 "cos_grad": np.where(kinds == "grad_site", np.clip(0.6 + 0.3 * rng.standard_normal(len(sel)), -1, 1),
                                      np.nan),
-                "step_var": np.where(kinds == "grad", norm ** 2 * (50 + 200 * t) / 256, np.nan)}
+                # B_simple = 256 * step_var / norm^2 grows over training, faster for small lr.
+                "step_var": np.where(kinds == "grad", norm ** 2 * (20 + 200 * t / (1 + 10 * lr)) / 256
+                                     * np.exp(0.2 * rng.standard_normal(len(sel))), np.nan)}
         cols["cos_grad"] = [None if np.isnan(v) else v for v in cols["cos_grad"]]
         cols["step_var"] = [None if np.isnan(v) else v for v in cols["step_var"]]
         for c in QUANTILE_COLUMNS:

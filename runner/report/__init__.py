@@ -12,7 +12,7 @@ axes, groups), `stats` (tables and Student-t intervals), `figures/` (matplotlib)
 """
 from .cli import build_report, main
 from .keys import varying_keys as _varying_keys
-from .load import Run, load, load_runs
+from .load import Run, load_runs
 
 
 def varying_keys(runs):
@@ -20,4 +20,4 @@ def varying_keys(runs):
     return _varying_keys([r.flat for r in runs])
 
 
-__all__ = ["build_report", "main", "load", "load_runs", "varying_keys", "Run"]
+__all__ = ["build_report", "main", "load_runs", "varying_keys", "Run"]

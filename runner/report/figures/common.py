@@ -82,11 +82,16 @@ def group_legend_label(exp, g) -> str:
     if len(others) == 1:
         text += f" [{others[0].stop_note()}]"
     elif others:
-        counts: Dict[str, int] = {}
-        for r in others:
-            counts[r.status] = counts.get(r.status, 0) + 1
-        text += " [" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "]"
-    return ellipsize(text, 90)
+        text += f" [{others_short(exp, g)}]"
+    return ellipsize(text, 110)
+
+
+def others_short(exp, g) -> str:
+    """'4 diverged, 1 incomplete': the group's runs that did not complete, counted by status."""
+    counts: Dict[str, int] = {}
+    for r in exp.others(g):
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
 
 
 def ellipsize(s: str, n: int = 70) -> str:
@@ -130,7 +135,8 @@ def wants_log(values) -> bool:
 
 
 def draw_groups(ax, exp, df, column: str, x: str = "epoch", log="auto", ls="-",
-                stops: bool = True, edge: str = "bottom", background: bool = True, lw: float = 1.8) -> None:
+                stops: bool = True, edge: str = "bottom", background: bool = True, lw: float = 1.8,
+                band: bool = True) -> None:
     """The one way figures draw a quantity over epochs: per group its mean line (band when n >= 2),
     gray thin lines for non-highlighted groups, dashed lines (and dots) for runs that did not
     complete, and (stops=True) a marker on the axis edge where each of those stopped.
@@ -149,9 +155,9 @@ def draw_groups(ax, exp, df, column: str, x: str = "epoch", log="auto", ls="-",
                 gray_lines.append(np.column_stack([xs, ys]))
             continue
         ax.plot(xs, ys, color=g.color, ls=ls, lw=lw, marker="o" if len(xs) < 4 else None, ms=3.5, zorder=3)
-        band = s["count"].to_numpy() >= 2
-        if band.any():
-            ax.fill_between(xs, s["lo"].to_numpy(), s["hi"].to_numpy(), where=band, color=g.color, alpha=0.2,
+        banded = s["count"].to_numpy() >= 2
+        if band and banded.any():
+            ax.fill_between(xs, s["lo"].to_numpy(), s["hi"].to_numpy(), where=banded, color=g.color, alpha=0.2,
                             lw=0, zorder=2, interpolate=False)
     if gray_lines:
         ax.add_collection(LineCollection(gray_lines, colors=[GRAY], linewidths=0.7, alpha=0.6, zorder=1,
@@ -161,7 +167,7 @@ def draw_groups(ax, exp, df, column: str, x: str = "epoch", log="auto", ls="-",
         lines, colours = [], []
         for run, o in others.groupby("run", sort=False):
             g = exp.groups[exp.runs[run].group]
-            if not (g.highlighted or background):
+            if not g.highlighted:  # many groups: only the coloured groups' stopped runs get lines
                 continue
             o = o.sort_values(x)
             if log:
@@ -195,13 +201,15 @@ def mark_stops(ax, exp, edge: str = "bottom", annotate: bool = False) -> None:
         g = exp.groups[r.group]
         k = placed.get(at["epoch"], 0)
         placed[at["epoch"]] = k + 1
-        # Markers at the same epoch side by side (7 points apart, up to 8), not on top of each other.
-        shift = offset_copy(ax.get_xaxis_transform(), fig=ax.figure, x=7 * (k % 8), y=0, units="points")
+        # Markers at the same epoch stacked inwards from the edge (7 points apart, up to 6 high),
+        # not on top of each other; x stays exactly at the epoch.
+        up = 7 * (k % 6) * (1 if edge == "bottom" else -1)
+        shift = offset_copy(ax.get_xaxis_transform(), fig=ax.figure, x=0, y=up, units="points")
         ax.plot([at["epoch"]], [y], transform=shift, ls="", clip_on=False, zorder=5,
                 marker=STOP_MARKERS.get(r.status, "D"), ms=8, mfc=g.color, mec="black", mew=0.8)
         if annotate:
             ax.annotate(f"{ellipsize(r.label, 40)}: {r.stop_note()}", (at["epoch"], y),
-                        xycoords=ax.get_xaxis_transform(), xytext=(8, (10 + 11 * k) * (1 if edge == "bottom" else -1)),
+                        xycoords=ax.get_xaxis_transform(), xytext=(10, up + (12 + 4 * k) * (1 if edge == "bottom" else -1)),
                         textcoords="offset points", fontsize=7.5, color="black", va="center",
                         bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=g.color, alpha=0.85))
     lo, hi = ax.get_xlim()
@@ -216,18 +224,22 @@ def stop_count(exp) -> int:
 
 # ----------------------------------------------------------------------------- legend, saving
 
-def legend(fig, exp, extra: Sequence = (), max_entries: int = 24, stops: bool = True) -> None:
-    """Below the axes: highlighted groups, '... other groups' in gray, the stop markers in use, extras."""
+def legend(fig, exp, extra: Sequence = (), max_entries: int = 24, stops: bool = True, bands: bool = True,
+           only=None) -> None:
+    """Below the axes: highlighted groups (those in `only`, when given), '... other groups' in gray,
+    the stop markers in use, extras."""
     from matplotlib.lines import Line2D
 
-    shown = [g for g in exp.groups if g.highlighted]
+    # Ranked groups (many groups: best 1..3, worst 1..3) in rank order, the others in group order.
+    shown = sorted((g for g in exp.groups if g.highlighted and (only is None or g.index in only)),
+                   key=lambda g: (g.rank, g.index))
     handles = [Line2D([], [], color=g.color, lw=2, label=group_legend_label(exp, g)) for g in shown]
     if len(handles) > max_entries:
         handles = handles[:max_entries] + [Line2D([], [], color="none", label=f"... {len(handles) - max_entries} more")]
-    hidden = len(exp.groups) - len(shown)
+    hidden = sum(1 for g in exp.groups if not g.highlighted and (only is None or g.index in only))
     if hidden:
-        handles.append(Line2D([], [], color=GRAY, lw=1, label=f"{hidden} other groups (mean lines, no band)"))
-    if any(len(g.runs) > 1 for g in shown):
+        handles.append(Line2D([], [], color=GRAY, lw=1, label=f"{hidden} other groups (gray)"))
+    if bands and any(len(g.runs) > 1 for g in shown):
         handles.append(_band_handle())
     statuses = sorted({r.status for r in exp.runs if r.stopped_at}) if stops else []
     for s in statuses:
@@ -262,10 +274,11 @@ def save(fig, out: Path, name: str, epoch_x: bool = True) -> str:
 # ----------------------------------------------------------------------------- parameter names
 
 def natural(name: str):
-    """net.10.weight after net.4.bias, features.0 before features.3; weight before bias."""
-    module, _, leaf = name.rpartition(".")
-    return ([(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", module) if t],
-            leaf != "weight", leaf)
+    """Sort key for parameter and layer paths: numbers by value (net.4 before net.10, conv2 before
+    conv10), weight before bias under one module."""
+    rank = {"weight": "\x00", "bias": "\x01"}
+    return [[(0, int(t)) if t.isdigit() else (1, rank.get(t, t)) for t in re.split(r"(\d+)", part) if t]
+            for part in name.split(".")]
 
 
 def param_names(names: Sequence[str], limit: int = 16) -> List[str]:
@@ -287,10 +300,17 @@ def param_title(name: str, aliases: Dict[str, List[str]]) -> str:
     return f"{name}  (tied: = {', '.join(others)})" if others else name
 
 
+def tied_site_rows(params):
+    """grad_site rows of tensors that are tied *in that run* (more than one call site); a run where
+    the same name is untied (its one site equals the whole gradient) is left out."""
+    rows = params[params.kind == "grad_site"]
+    return rows[rows.groupby(["run", "name"]).site.transform("nunique").to_numpy() > 1]
+
+
 def tied_sites(params) -> Dict[str, List[str]]:
-    """name -> its call sites, for tensors with more than one call site (tied)."""
-    sites = params[params.kind == "grad_site"].groupby("name").site.unique()
-    return {n: sorted(s for s in v if s is not None) for n, v in sites.items() if len(v) > 1}
+    """name -> its call sites over the runs where it is tied."""
+    sites = tied_site_rows(params).groupby("name").site.unique()
+    return {n: sorted(s for s in v if s is not None) for n, v in sites.items()}
 
 
 def has_values(df, column: str) -> bool:

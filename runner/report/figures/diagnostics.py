@@ -21,20 +21,23 @@ import numpy as np
 from . import common as C
 
 GUIDE_RATIO = 1e-3
+ALL = "all parameters"
 
 
-def update_ratio(exp, out: Path) -> Optional[str]:
-    p = exp.params
-    updates = p[(p.kind == "update") & p.norm.notna()]
-    if not len(updates):
-        return None
-    values = p[p.kind == "value"][["run", "name", "epoch", "norm"]].sort_values(["run", "name", "epoch"])
+def update_ratios(params):
+    """run, name, epoch, ratio: update.norm(e) / value.norm(previous snapshot epoch) per tensor."""
+    updates = params[(params.kind == "update") & params.norm.notna()]
+    values = params[params.kind == "value"][["run", "name", "epoch", "norm"]].sort_values(["run", "name", "epoch"])
     # The previous snapshot epoch's norm: value rows are at snapshot epochs, one per tensor.
     values["prev_norm"] = values.groupby(["run", "name"]).norm.shift(1)
     ratio = updates[["run", "name", "epoch", "norm"]].merge(values[["run", "name", "epoch", "prev_norm"]],
                                                             on=["run", "name", "epoch"], how="left")
     ratio["ratio"] = ratio["norm"] / ratio["prev_norm"]
-    ratio = ratio[np.isfinite(ratio["ratio"]) & (ratio["ratio"] > 0)]
+    return ratio[np.isfinite(ratio["ratio"]) & (ratio["ratio"] > 0)][["run", "name", "epoch", "ratio"]]
+
+
+def update_ratio(exp, out: Path) -> Optional[str]:
+    ratio = update_ratios(exp.params)
     names = C.param_names(ratio.name.unique())
     if not names:
         return None
@@ -58,9 +61,9 @@ def update_ratio(exp, out: Path) -> Optional[str]:
 
 
 def site_cosine(exp, out: Path) -> Optional[str]:
-    p = exp.params
-    rows = p[(p.kind == "grad_site") & p.cos_grad.notna()]
-    tied = {n: s for n, s in C.tied_sites(p).items() if n in set(rows.name)}
+    rows = C.tied_site_rows(exp.params)
+    rows = rows[rows.cos_grad.notna()]
+    tied = C.tied_sites(rows)
     if not tied:
         return None
     from matplotlib.lines import Line2D
@@ -84,25 +87,33 @@ def site_cosine(exp, out: Path) -> Optional[str]:
         ax.set_ylabel("cos(site's mean grad, total grad)")
     C.hide_unused(axes, len(names))
     fig.suptitle("Tied tensors: cosine between each call site's mean gradient and the tensor's gradient")
-    C.legend(fig, exp)
+    C.legend(fig, exp, only={exp.runs[i].group for i in rows.run.unique()})
     return C.save(fig, out, "site_cosine")
 
 
-def noise_scale(exp, out: Path) -> Optional[str]:
+def noise_scales(params, batch_size):
+    """run, epoch, layer, noise_scale: B_simple per layer (a module's tensors summed) and for
+    "all parameters"; batch_size[run] is each run's data.batch_size."""
     import pandas as pd
 
-    p = exp.params
-    g = p[(p.kind == "grad") & p.step_var.notna() & p.norm.notna()][["run", "epoch", "name", "step_var", "norm"]]
+    g = params[(params.kind == "grad") & params.step_var.notna() & params.norm.notna()]
+    g = g[["run", "epoch", "name", "step_var", "norm"]]
     if not len(g):
-        return None
+        return pd.DataFrame(columns=["run", "epoch", "layer", "noise_scale"])
     g = g.assign(layer=g.name.str.rpartition(".")[0], sq=g["norm"] ** 2)
     per_layer = g.groupby(["run", "epoch", "layer"], as_index=False)[["step_var", "sq"]].sum()
-    whole = g.groupby(["run", "epoch"], as_index=False)[["step_var", "sq"]].sum().assign(layer="all parameters")
+    whole = g.groupby(["run", "epoch"], as_index=False)[["step_var", "sq"]].sum().assign(layer=ALL)
     b = pd.concat([per_layer, whole], ignore_index=True)
+    b["noise_scale"] = np.asarray(batch_size, dtype=float)[b.run.to_numpy()] * b.step_var / b.sq
+    return b[np.isfinite(b.noise_scale) & (b.noise_scale > 0)][["run", "epoch", "layer", "noise_scale"]]
+
+
+def noise_scale(exp, out: Path) -> Optional[str]:
     batch = exp.runs_frame.batch_size.astype(float).to_numpy()
-    b["noise_scale"] = batch[b.run.to_numpy()] * b.step_var / b.sq
-    b = b[np.isfinite(b.noise_scale) & (b.noise_scale > 0)]
-    layers = sorted(set(b.layer) - {"all parameters"}, key=C.natural)[:11] + ["all parameters"]
+    b = noise_scales(exp.params, batch)
+    if not len(b):
+        return None
+    layers = sorted(set(b.layer) - {ALL}, key=C.natural)[:11] + [ALL]
     nrow, ncol = C.panel_grid(len(layers))
     fig, axes = C.subplots(nrow, ncol, 14, 2.9 * nrow + 1.8)
     batches = sorted({int(x) for x in batch if np.isfinite(x)})
@@ -111,7 +122,7 @@ def noise_scale(exp, out: Path) -> Optional[str]:
         C.draw_groups(ax, exp, b[b.layer == layer], "noise_scale", log=True)
         for bs in batches[:3]:
             ax.axhline(bs, color="black", ls=":", lw=0.8)
-        ax.set_title(layer if layer == "all parameters" else f"layer {layer}", fontsize=8.5)
+        ax.set_title(layer if layer == ALL else f"layer {layer}", fontsize=8.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel("B_simple (examples)")
     C.hide_unused(axes, len(layers))

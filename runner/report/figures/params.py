@@ -2,6 +2,7 @@
 weight histograms of a few runs, hidden-layer activations. Group means with bands throughout."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import List, Optional
 
@@ -43,7 +44,7 @@ def grads(exp, out: Path) -> Optional[str]:
 
     aliases = C.tied_aliases(exp)
     tied = C.tied_sites(p)
-    site_rows = p[(p.kind == "grad_site") & p.name.isin(list(tied))]
+    site_rows = C.tied_site_rows(p)
     nrow, ncol = C.panel_grid(len(names))
     fig, axes = C.subplots(nrow, ncol, 14, 3.0 * nrow + 1.8)
     for k, name in enumerate(names):
@@ -52,7 +53,8 @@ def grads(exp, out: Path) -> Optional[str]:
         if name in tied:
             for j, site in enumerate(tied[name]):  # sites only for the coloured groups
                 C.draw_groups(ax, exp, site_rows[(site_rows.name == name) & (site_rows.site == site)], "norm",
-                              log=True, ls=C.SITE_STYLES[j % len(C.SITE_STYLES)], stops=False, background=False, lw=1.1)
+                              log=True, ls=C.SITE_STYLES[j % len(C.SITE_STYLES)], stops=False, background=False, lw=1.1,
+                              band=False)
             ax.legend(handles=[Line2D([], [], color="k", lw=2, label="total (.grad)")] +
                       [Line2D([], [], color="k", lw=1.1, ls=C.SITE_STYLES[j % len(C.SITE_STYLES)], label=f"through {s}")
                        for j, s in enumerate(tied[name])], fontsize=7, loc="best")
@@ -71,8 +73,10 @@ def grads(exp, out: Path) -> Optional[str]:
 def histogram_runs(exp, limit: int = 4) -> List:
     """A few runs to show histograms of: the first completed run of each coloured group (best
     groups first when only some are coloured; groups without a completed run last)."""
-    order = sorted(exp.groups, key=lambda g: (not g.highlighted, not exp.done(g), g.rank.startswith("worst"),
-                                              g.index))
+    def rank(g):  # "best 2" -> 2: best 1, worst 1, best 2, worst 2, ...; unranked groups in order
+        return int(g.rank.split()[1]) if g.rank else 0
+
+    order = sorted(exp.groups, key=lambda g: (not g.highlighted, not exp.done(g), rank(g), g.rank, g.index))
     picked = []
     for g in order:
         runs = exp.done(g) or [exp.runs[i] for i in g.runs]
@@ -113,8 +117,11 @@ def histograms(exp, out: Path, limit: int = 4) -> Optional[str]:
                     edges = np.asarray(sel.iloc[0].hist_edges, dtype=float)
                     ax.stairs(counts / max(counts.sum(), 1), edges, fill=epoch == 0, alpha=0.45 if epoch == 0 else 1,
                               color=c, label=label, lw=1.5)
-            title = name + (f"\n{C.ellipsize(r.label, 45)}" + (f" [{r.stop_note()}]" if r.stop_note() else "")
-                            if row == 0 else "")
+            title = name
+            if row == 0:  # which run: its group's rank, its label (wrapped, never cut), how it ended
+                g = exp.groups[r.group]
+                about = (f"{g.rank}: " if g.rank else "") + r.label + (f" [{r.stop_note()}]" if r.stop_note() else "")
+                title += "\n" + "\n".join(textwrap.wrap(about, 48))
             ax.set_title(title, fontsize=8)
             if row == 0 and len(ax.get_legend_handles_labels()[0]):
                 ax.legend(fontsize=7)

@@ -71,7 +71,7 @@ def sharing(exp, out: Path) -> Optional[str]:
     if stopped:
         extra.append(Line2D([], [], marker="X", color="gray", mec="black", ls="",
                             label="no completed run (bottom edge)"))
-    C.legend(fig, exp, extra, stops=False)
+    C.legend(fig, exp, extra, stops=False, bands=False)
     return C.save(fig, out, "sharing", epoch_x=False)
 
 
@@ -80,14 +80,17 @@ def _axis_values(exp, key: str) -> List:
 
 
 def _stop_text(exp, g) -> str:
-    """What happened to a group's runs that did not complete: 'diverged e1 s1' or '2 diverged'."""
+    """A group without a completed run: 'diverged\ne1 s1' for one run, else '2 diverged\n1 failed'."""
     others = exp.others(g)
     if len(others) == 1:
         return others[0].stop_note().replace(" e", "\ne", 1)
-    counts: Dict[str, int] = {}
-    for r in others:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    return "\n".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    return C.others_short(exp, g).replace(", ", "\n")
+
+
+def _others_tag(exp, g) -> str:
+    """A group with completed runs and others: '+4 div, 1 inc' (short, it sits in a cell)."""
+    return "+" + C.others_short(exp, g).replace("diverged", "div").replace("incomplete", "inc").replace(
+        "failed", "fail")
 
 
 def grid(exp, out: Path) -> Optional[str]:
@@ -121,7 +124,7 @@ def _grid_1d(exp, out: Path, points) -> str:
                        yerr=err, capsize=4)
             text = f"{mean:.3f}" + (f"\n±{h:.3f}" if err else "") + f"\nn={n}"
             if exp.others(g):
-                text += "\n+" + _stop_text(exp, g).replace("\n", ", ")
+                text += "\n" + _others_tag(exp, g)
             ax.annotate(text, (p, mean + (err or 0)), xytext=(0, 4), textcoords="offset points", ha="center",
                         va="bottom", fontsize=8)
         if exp.others(g) and g.index not in points:  # nothing completed: mark it, say what happened
@@ -184,7 +187,7 @@ def _grid_2d(exp, out: Path, points) -> str:
                 mean, h, n = points[g.index]
                 text = f"{mean:.3f}\n" + (f"±{h:.3f} " if not math.isnan(h) else "") + f"n={n}"
                 if exp.others(g):
-                    text += "\n+" + _stop_text(exp, g).replace("\n", ", ")
+                    text += "\n" + _others_tag(exp, g)
                 dark = (mean - vmin) / (vmax - vmin) < 0.55
                 ax.text(j, i, text, ha="center", va="center", fontsize=font, color="white" if dark else "black")
             else:  # no completed run: a hatched cell saying what happened (never a blank cell)
@@ -200,5 +203,6 @@ def _grid_2d(exp, out: Path, points) -> str:
     fig.colorbar(im, ax=[a for row in axes for a in row if a.get_visible()], label="final val accuracy (group mean)",
                  shrink=0.9)
     note = f" (first {len(shown)} of {len(names)} panels)" if len(names) > len(shown) else ""
-    fig.suptitle("Final val accuracy over the grid: group mean, ±95% interval half-width, n completed runs" + note)
+    tag = "; +k div / fail / inc: runs that diverged, failed, are incomplete" if any(exp.others(g) for g in exp.groups) else ""
+    fig.suptitle("Final val accuracy over the grid: group mean, ±95% interval half-width, n completed runs" + tag + note)
     return C.save(fig, out, "grid", epoch_x=False)
