@@ -23,7 +23,7 @@ h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:32px;border-bo
 p.note{color:#555;font-size:13px;margin-top:2px}
 table{border-collapse:collapse;font-size:12px;width:100%} th,td{border:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}
 th{background:#f3f3f3;cursor:pointer;position:sticky;top:0} th:hover{background:#e6e6e6}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.id{word-break:break-all;min-width:12em} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.clear td{background:#eef7ee} tr.clear-worse td{background:#fbeeee}
 .status-completed{color:#1a7f37;font-weight:600}.status-diverged{color:#b35900;font-weight:600}
 .status-failed{color:#c62828;font-weight:600}.status-incomplete{color:#6f42c1;font-weight:600}
@@ -86,7 +86,7 @@ def groups_html(exp, groups) -> str:
     headers = ["group"] + keys + ["n", "n other"] + [f"{m.replace('_', ' ')} (mean ± 95%)" for m in METRICS]
     rows = []
     for g, (_, row) in zip(exp.groups, groups.iterrows()):
-        cells = [_cell(str(g.index), g.index, prefix=_swatch(g.color) + (f"{esc(g.rank)} " if g.rank else ""))]
+        cells = [_cell(f"{g.index} ({g.rank})" if g.rank else str(g.index), g.index, prefix=_swatch(g.color))]
         cells += [_cell(K.format_value(g.values[k]), g.values[k] if isinstance(g.values[k], (int, float)) else None)
                   for k in exp.axes]
         others = ", ".join(r.stop_note() for r in exp.others(g)[:3]) + (" ..." if len(exp.others(g)) > 3 else "")
@@ -141,7 +141,7 @@ def runs_html(exp, runs) -> str:
         cells = []
         for c in cols:
             if c == "run_id":
-                cells.append(_cell(str(row[c]), prefix=_swatch(exp.groups[r.group].color)))
+                cells.append(_cell(str(row[c]), cls="id", prefix=_swatch(exp.groups[r.group].color)))
             elif c in keys:
                 v = row[c]
                 text = "" if _missing(v) else K.format_value(v)

@@ -105,49 +105,51 @@ def grid(exp, out: Path) -> Optional[str]:
 
 
 def _grid_1d(exp, out: Path, points) -> str:
+    """One axis key: each group's mean with its 95% interval as a point and whisker (no bars: the
+    axis is cut to the data, and a bar's length would then mislead), labelled with mean, ± and n."""
     key = exp.axes[0]
     xs = _axis_values(exp, key)
     by_value = {g.values[key]: g for g in exp.groups}
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
     fig, axes = C.subplots(1, 1, max(7.0, 1.1 * len(xs) + 2), 5.0)
     ax = axes[0][0]
-    pos = list(xs) if numeric else list(range(len(xs)))
-    for p, x in zip(pos, xs):
+    pos = dict(zip(xs, xs if numeric else range(len(xs))))
+    lows, highs = [], []
+    for x in xs:
         g = by_value[x]
         if g.index in points:
             mean, h, n = points[g.index]
             err = None if math.isnan(h) else h
-            if numeric:
-                ax.errorbar([p], [mean], yerr=err, color="tab:blue", marker="o", capsize=4, ls="")
-            else:
-                ax.bar([p], [mean], color=g.color if len(xs) <= C.MAX_COLOURED else "tab:blue", width=0.6,
-                       yerr=err, capsize=4)
+            colour = g.color if g.highlighted else "tab:blue"
+            ax.errorbar([pos[x]], [mean], yerr=err, color=colour, marker="o", ms=7, capsize=5, lw=1.5, ls="")
+            lows.append(mean - (err or 0))
+            highs.append(mean + (err or 0))
             text = f"{mean:.3f}" + (f"\n±{h:.3f}" if err else "") + f"\nn={n}"
             if exp.others(g):
                 text += "\n" + _others_tag(exp, g)
-            ax.annotate(text, (p, mean + (err or 0)), xytext=(0, 4), textcoords="offset points", ha="center",
+            ax.annotate(text, (pos[x], mean + (err or 0)), xytext=(0, 5), textcoords="offset points", ha="center",
                         va="bottom", fontsize=8)
-        if exp.others(g) and g.index not in points:  # nothing completed: mark it, say what happened
-            ax.plot([p], [0.04], transform=ax.get_xaxis_transform(), marker="X", ms=11, mfc="tab:red",
+        elif exp.others(g):  # nothing completed: mark it on the bottom edge, say what happened
+            ax.plot([pos[x]], [0.04], transform=ax.get_xaxis_transform(), marker="X", ms=11, mfc="tab:red",
                     mec="black", ls="", clip_on=False, zorder=4)
-            ax.annotate(_stop_text(exp, g), (p, 0.04), xycoords=ax.get_xaxis_transform(), xytext=(0, 10),
+            ax.annotate(_stop_text(exp, g), (pos[x], 0.04), xycoords=ax.get_xaxis_transform(), xytext=(0, 10),
                         textcoords="offset points", ha="center", va="bottom", fontsize=8, color="tab:red")
+    done = [x for x in xs if by_value[x].index in points]
     if numeric:
-        means = [points[by_value[x].index][0] for x in xs if by_value[x].index in points]
-        ax.plot([x for x in xs if by_value[x].index in points], means, color="tab:blue", alpha=0.5)
+        ax.plot(done, [points[by_value[x].index][0] for x in done], color="tab:blue", alpha=0.4, zorder=1)
         if min(xs) > 0 and max(xs) / min(xs) >= 100:
             ax.set_xscale("log")
     else:
-        ax.set_xticks(pos, [K.format_value(x) for x in xs])
+        ax.set_xticks(list(pos.values()), [K.format_value(x) for x in xs])
         ax.set_xlim(-0.6, len(xs) - 0.4)
-    vals = [v[0] for v in points.values()]
-    if vals:
-        lo, hi = min(vals), max(vals)
+    if lows:
+        # Room above for the labels, below for the markers of groups that did not complete.
+        lo, hi = min(lows), max(highs)
         span = max(hi - lo, 0.02)
-        ax.set_ylim(max(0.0, lo - 0.6 * span) if not numeric else lo - 0.4 * span, hi + 0.45 * span)
+        ax.set_ylim(lo - 0.3 * span, hi + 0.45 * span)
     ax.set_xlabel(K.column_name(key))
     ax.set_ylabel("final val accuracy (fraction)")
-    ax.set_title(f"Final val accuracy vs {K.column_name(key)} (group mean, 95% interval, n completed runs)")
+    ax.set_title(f"Final val accuracy vs {K.column_name(key)}: group mean, 95% interval, n completed runs")
     return C.save(fig, out, "grid", epoch_x=False)
 
 
