@@ -122,10 +122,18 @@ def _write_run(d: Path, i: int, epochs: int, rng: np.random.Generator) -> None:
         snapshot.compact_run(d)
 
 
+def _write_job(args) -> None:
+    root, i, epochs, seed = args
+    _write_run(root / f"job{i:04d}", i, epochs, np.random.default_rng([seed, i]))
+
+
 def make_tree(root: Path, n_runs: int, epochs: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for i in range(n_runs):
-        _write_run(root / f"job{i:04d}", i, epochs, rng)
+    """The tree, written by one process per core (the writers fsync every file: mostly waiting)."""
+    from multiprocessing import get_context
+
+    jobs = [(root, i, epochs, seed) for i in range(n_runs)]
+    with get_context("fork").Pool(os.cpu_count() or 1) as pool:
+        pool.map(_write_job, jobs, chunksize=8)
 
 
 def time_report(tree: Path, out: Path) -> dict:

@@ -35,7 +35,7 @@ def flatten(config: dict, prefix: str = "") -> Dict[str, object]:
     return out
 
 
-def _token(v) -> str:
+def token(v) -> str:
     """A value's identity when comparing configs (a missing key reads as null)."""
     return json.dumps(v, sort_keys=True)
 
@@ -72,7 +72,7 @@ def value_order(v):
 
 def varying_keys(flats: Sequence[Dict[str, object]]) -> List[str]:
     keys = sorted({k for f in flats for k in f} - set(IGNORED_KEYS))
-    return [k for k in keys if len({_token(f.get(k)) for f in flats}) > 1]
+    return [k for k in keys if len({token(f.get(k)) for f in flats}) > 1]
 
 
 def _option_key(key: str, present: set) -> str | None:
@@ -94,7 +94,7 @@ def option_brought_keys(flats: Sequence[Dict[str, object]], keys: Iterable[str])
         if name_key is None:
             continue
         seen: Dict[str, str] = {}
-        if all(seen.setdefault(_token(f.get(name_key)), _token(f.get(key))) == _token(f.get(key)) for f in flats):
+        if all(seen.setdefault(token(f.get(name_key)), token(f.get(key))) == token(f.get(key)) for f in flats):
             out.append(key)
     return out
 
@@ -106,7 +106,7 @@ def axis_keys(flats: Sequence[Dict[str, object]]) -> List[str]:
 
 
 def group_key(flat: Dict[str, object], keys: Sequence[str]) -> tuple:
-    return tuple(_token(flat.get(k)) for k in keys)
+    return tuple(token(flat.get(k)) for k in keys)
 
 
 def reference_value(values: Sequence[object]):

@@ -12,7 +12,6 @@ run continued) is ignored and that run re-read from its epoch files.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -115,6 +114,7 @@ class Experiment:
     params: object = None       # DataFrame: run + COLUMNS["params"]
     activations: object = None  # DataFrame: run + COLUMNS["activations"]
     runs_frame: object = None   # DataFrame, one row per run: run, group, status, completed, finals, batch_size
+    groups_table: object = None  # stats.groups_table(), row i = group i (set by build_report)
     compact_used: Dict[str, int] = field(default_factory=dict)
 
     def done(self, group: Group) -> List[Run]:

@@ -184,7 +184,7 @@ def _completed_frame(exp):
     import pandas as pd
 
     cols = [*exp.axes, K.SEED]
-    rows = [{**{k: K._token(r.flat.get(k)) for k in cols}, **{m: r.final(m) for m in COMPARED}}
+    rows = [{**{k: K.token(r.flat.get(k)) for k in cols}, **{m: r.final(m) for m in COMPARED}}
             for r in exp.runs if r.completed]
     df = pd.DataFrame(rows, columns=cols + list(COMPARED))
     return df.groupby(cols, as_index=False, dropna=False)[list(COMPARED)].mean() if len(df) else df
@@ -206,8 +206,8 @@ def comparisons_table(exp):
         ref = K.reference_value(values)
         others = [k for k in exp.axes if k != key]
         for value in (v for v in values if v != ref):
-            a = done[done[key] == K._token(value)] if len(done) else done
-            b = done[done[key] == K._token(ref)] if len(done) else done
+            a = done[done[key] == K.token(value)] if len(done) else done
+            b = done[done[key] == K.token(ref)] if len(done) else done
             pairs = a.merge(b, on=others + [K.SEED], suffixes=("", "_ref")) if len(a) and len(b) else None
             base = {"key": K.column_name(key), "value": value, "reference": ref}
             if pairs is None or not len(pairs):

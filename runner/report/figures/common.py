@@ -14,11 +14,10 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
-from .. import keys as K
 from ..stats import ci_half_width
 
 MAX_COLOURED = 10            # up to this many groups: every group in its own colour
@@ -46,6 +45,20 @@ def plt():
 def subplots(nrows: int, ncols: int, width: float, height: float, **kw):
     """A figure with constrained layout, so that no label, title or legend is clipped."""
     return plt().subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained", **kw)
+
+
+def suptitle(fig, text: str) -> None:
+    """A figure title wrapped to the figure's width (a long title is otherwise cut at both ends)."""
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(text, max(30, int(fig.get_figwidth() * 100 / 9)))))
+
+
+def clamp_fraction(ax) -> None:
+    """Accuracy axes stay within [0, 1] (with a margin): an interval reaching past them (few seeds,
+    wide t) is cut at the edge instead of squeezing the data into a corner."""
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(max(lo, -0.03), min(hi, 1.03))
 
 
 # ----------------------------------------------------------------------------- colours

@@ -54,7 +54,7 @@ def update_ratio(exp, out: Path) -> Optional[str]:
     C.hide_unused(axes, len(names))
     from matplotlib.lines import Line2D
 
-    fig.suptitle("Update-to-weight ratio per tensor: change since the previous snapshot over the weights' norm "
+    C.suptitle(fig, "Update-to-weight ratio per tensor: change since the previous snapshot over the weights' norm "
                  "then (log; group geometric means)")
     C.legend(fig, exp, [Line2D([], [], color="black", ls=":", label="1e-3 guide")])
     return C.save(fig, out, "update_ratio")
@@ -86,7 +86,7 @@ def site_cosine(exp, out: Path) -> Optional[str]:
         ax.set_xlabel("epoch")
         ax.set_ylabel("cos(site's mean grad, total grad)")
     C.hide_unused(axes, len(names))
-    fig.suptitle("Tied tensors: cosine between each call site's mean gradient and the tensor's gradient")
+    C.suptitle(fig, "Tied tensors: cosine between each call site's mean gradient and the tensor's gradient")
     C.legend(fig, exp, only={exp.runs[i].group for i in rows.run.unique()})
     return C.save(fig, out, "site_cosine")
 
@@ -128,6 +128,6 @@ def noise_scale(exp, out: Path) -> Optional[str]:
     C.hide_unused(axes, len(layers))
     from matplotlib.lines import Line2D
 
-    fig.suptitle("Gradient noise scale B_simple = batch size x step variance / |mean grad|^2 (log; group geometric means)")
+    C.suptitle(fig, "Gradient noise scale B_simple = batch size x step variance / |mean grad|^2 (log; group geometric means)")
     C.legend(fig, exp, [Line2D([], [], color="black", ls=":", label="the batch size")])
     return C.save(fig, out, "noise_scale")

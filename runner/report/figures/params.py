@@ -28,7 +28,7 @@ def param_evolution(exp, out: Path) -> Optional[str]:
             ax.set_title(f"{C.param_title(name, aliases)}: {stat}", fontsize=8.5)
             if row == len(names) - 1:
                 ax.set_xlabel("epoch (0 = after init)")
-    fig.suptitle("Parameter values per epoch (mean, std, L2 norm)")
+    C.suptitle(fig, "Parameter values per epoch (mean, std, L2 norm)")
     C.legend(fig, exp)
     return C.save(fig, out, "param_evolution")
 
@@ -65,7 +65,7 @@ def grads(exp, out: Path) -> Optional[str]:
     title = "Gradient norms per epoch (log scale; group geometric means)"
     if tied:
         title += "; tied parameters: solid = total, dashed/dotted = each call site's share"
-    fig.suptitle(title)
+    C.suptitle(fig, title)
     C.legend(fig, exp)
     return C.save(fig, out, "grads")
 
@@ -130,7 +130,7 @@ def histograms(exp, out: Path, limit: int = 4) -> Optional[str]:
             if col == 0:
                 ax.set_ylabel("share of weights")
     note = f" ({len(shown)} of {len(exp.runs)} runs)" if len(exp.runs) > len(shown) else ""
-    fig.suptitle("Weight distributions: init vs last epoch" + note)
+    C.suptitle(fig, "Weight distributions: init vs last epoch" + note)
     return C.save(fig, out, "histograms", epoch_x=False)
 
 
@@ -152,6 +152,6 @@ def activations(exp, out: Path) -> Optional[str]:
                 ax.set_ylabel("fraction of units")
             if row == len(layers) - 1:
                 ax.set_xlabel("epoch (0 = after init)")
-    fig.suptitle("Hidden-layer activations on a fixed held-out batch")
+    C.suptitle(fig, "Hidden-layer activations on a fixed held-out batch")
     C.legend(fig, exp)
     return C.save(fig, out, "activations")

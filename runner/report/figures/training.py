@@ -28,6 +28,8 @@ def curves(exp, out: Path) -> Optional[str]:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (fraction)" if metric == "acc" else "loss (nats)")
+        if metric == "acc":
+            C.clamp_fraction(ax)
     C.legend(fig, exp)
     return C.save(fig, out, "curves")
 
@@ -60,9 +62,13 @@ def sharing(exp, out: Path) -> Optional[str]:
         ax.plot([counts[g.index]["unique"]], [0.03], transform=ax.get_xaxis_transform(), ls="", clip_on=False,
                 marker="X", ms=9, mfc=g.color, mec="black")
     xs = [counts[i]["unique"] for i in drawn] + [counts[g.index]["unique"] for g in stopped]
-    if len(set(xs)) > 1:
+    if min(xs) > 0 and max(xs) / min(xs) > 10:  # widths 8 to 128: a log axis keeps the small ones apart
+        ax.set_xscale("log")
+        ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
+    else:
         pad = (max(xs) - min(xs)) * 0.15
         ax.set_xlim(min(xs) - pad, max(xs) + pad)
+    C.clamp_fraction(ax)
     ax.set_xlabel("unique parameters (a tied tensor counted once)")
     ax.set_ylabel("final val accuracy (fraction); bars: 95% interval")
     ax.set_title("Sharing: accuracy vs unique parameter count (group means)")
@@ -127,8 +133,9 @@ def _grid_1d(exp, out: Path, points) -> str:
             text = f"{mean:.3f}" + (f"\n±{h:.3f}" if err else "") + f"\nn={n}"
             if exp.others(g):
                 text += "\n" + _others_tag(exp, g)
-            ax.annotate(text, (pos[x], mean + (err or 0)), xytext=(0, 5), textcoords="offset points", ha="center",
-                        va="bottom", fontsize=8)
+            # Beside the point, not above the whisker: a whisker may run past the clamped axis.
+            ax.annotate(text, (pos[x], mean), xytext=(9, 0), textcoords="offset points", ha="left",
+                        va="center", fontsize=8)
         elif exp.others(g):  # nothing completed: mark it on the bottom edge, say what happened
             ax.plot([pos[x]], [0.04], transform=ax.get_xaxis_transform(), marker="X", ms=11, mfc="tab:red",
                     mec="black", ls="", clip_on=False, zorder=4)
@@ -147,6 +154,7 @@ def _grid_1d(exp, out: Path, points) -> str:
         lo, hi = min(lows), max(highs)
         span = max(hi - lo, 0.02)
         ax.set_ylim(lo - 0.3 * span, hi + 0.45 * span)
+        C.clamp_fraction(ax)
     ax.set_xlabel(K.column_name(key))
     ax.set_ylabel("final val accuracy (fraction)")
     ax.set_title(f"Final val accuracy vs {K.column_name(key)}: group mean, 95% interval, n completed runs")
@@ -206,5 +214,5 @@ def _grid_2d(exp, out: Path, points) -> str:
                  shrink=0.9)
     note = f" (first {len(shown)} of {len(names)} panels)" if len(names) > len(shown) else ""
     tag = "; +k div / fail / inc: runs that diverged, failed, are incomplete" if any(exp.others(g) for g in exp.groups) else ""
-    fig.suptitle("Final val accuracy over the grid: group mean, ±95% interval half-width, n completed runs" + tag + note)
+    C.suptitle(fig, "Final val accuracy over the grid: group mean, ±95% interval half-width, n completed runs" + tag + note)
     return C.save(fig, out, "grid", epoch_x=False)
