@@ -446,3 +446,17 @@ def test_many_groups_colour_only_best_and_worst(tmp_path):
     ranked = {g.rank: g.values["optim.lr"] for g in exp.groups if g.highlighted}
     assert ranked == {"best 1": 0.14, "best 2": 0.13, "best 3": 0.12,
                       "worst 1": 0.01, "worst 2": 0.02, "worst 3": 0.03}
+
+
+def test_unreadable_run_json_does_not_make_every_key_an_axis(tmp_path):
+    write_run(tmp_path, "a", config(**{"optim.lr": 0.1}), final=final(0.8), epochs=1, compact=False)
+    write_run(tmp_path, "b", config(**{"optim.lr": 0.5}), final=final(0.7), epochs=1, compact=False)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "run.json").write_text("{not json")
+    exp = load.load([tmp_path])
+    assert exp.axes == ["optim.lr"]
+    broken = next(r for r in exp.runs if r.path.name == "broken")
+    assert broken.status == "unreadable" and not broken.completed
+    build_report([tmp_path], tmp_path / "rep")
+    g = pd.read_csv(tmp_path / "rep" / "groups.csv")
+    assert g.n.sum() == 2 and g.n_other.sum() == 1

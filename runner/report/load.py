@@ -164,7 +164,8 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> List[Run]:
 
 
 def _design(runs: List[Run]) -> Experiment:
-    flats = [r.flat for r in runs]
+    # Runs without a config (unreadable run.json) would make every key look varying: left out here.
+    flats = [r.flat for r in runs if r.flat] or [{}]
     varying = K.varying_keys(flats)
     group_keys = [k for k in varying if k != K.SEED]
     axes = K.axis_keys(flats)

@@ -26,7 +26,6 @@ from . import keys as K
 
 METRICS = ("val_acc", "val_loss", "train_loss")
 COMPARED = ("val_acc", "val_loss")
-OTHER_STATUSES = ("diverged", "failed", "incomplete", "unreadable")
 
 
 # ----------------------------------------------------------------------------- Student t
