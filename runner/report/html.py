@@ -68,7 +68,7 @@ def _cell(text: str, sort_value=None, cls: str = "", prefix: str = "") -> str:
     return f'<td data-v="{esc(sv)}"{f" class={cls}" if cls else ""}>{prefix}{esc(text)}</td>'
 
 
-def _table(headers: Sequence[str], rows: List[str], cls: str = "sortable", row_class: str = "") -> str:
+def _table(headers: Sequence[str], rows: List[str], cls: str = "sortable") -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     return (f"<table class={cls}><thead><tr>{head}</tr></thead><tbody>\n" +
             "\n".join(rows) + "\n</tbody></table>")

@@ -75,6 +75,10 @@ def assign_colours(exp) -> None:
         for g in groups:
             g.color, g.highlighted, g.rank = cmap(g.index % 10), True, ""
         return
+    if exp.groups_table is None:
+        from ..stats import groups_table
+
+        exp.groups_table = groups_table(exp)
     means = exp.groups_table["val_acc_mean"]
     ranked = [i for i in means.sort_values(ascending=False).index if not math.isnan(means[i])]
     best, worst = ranked[:N_BEST], ranked[N_BEST:][-N_WORST:][::-1]
