@@ -1,5 +1,7 @@
 """The report: built from runs produced by real (tiny) training, including a diverged, a
-failed and a killed run; every figure present, every <img> a real PNG, strings escaped."""
+failed and a killed run, and two seeds of a tied/untied pair; every figure present, every <img> a
+real PNG, strings escaped, groups and comparisons from the real runs."""
+import importlib
 import json
 import re
 import shutil
@@ -7,7 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from runner import report
+from runner import report, snapshot
 from runner.engine import run
 
 EVIL = "<img src=x onerror=alert(1)>"
@@ -27,9 +29,14 @@ def runs_tree(tmp_path_factory, data_root):
                                                             *o])
     run(cfg("sharing=all_hidden", "optim.lr=0.1"), root / "tied_lr0.1")
     run(cfg("sharing=none", "optim.lr=0.1"), root / "untied_lr0.1")
+    run(cfg("sharing=all_hidden", "optim.lr=0.1", "seed=1"), root / "tied_lr0.1_seed1")
+    run(cfg("sharing=none", "optim.lr=0.1", "seed=1"), root / "untied_lr0.1_seed1")
     run(cfg("sharing=all_hidden", "optim.lr=0.05"), root / "tied_lr0.05")
     run(cfg("sharing=none", "optim.lr=10000"), root / "diverged")
-    # killed: a completed run cut back to what a SIGKILL after epoch 1 leaves
+    for d in root.iterdir():  # what the engine does when a run ends (all of these ended)
+        snapshot.compact_run(d)
+    # killed: a completed run cut back to what a SIGKILL after epoch 1 leaves (its copied compact/
+    # still holds 3 epochs: run.json says running, so the report must read the epoch files)
     shutil.copytree(root / "untied_lr0.1", root / EVIL)
     info = json.loads((root / EVIL / "run.json").read_text())
     info.update(status="running", epochs_completed=1, run_id=EVIL)
@@ -46,10 +53,15 @@ def runs_tree(tmp_path_factory, data_root):
     return root
 
 
-def test_report_has_every_figure_and_statuses(runs_tree, tmp_path):
-    out = tmp_path / "rep"
-    html_path = report.build_report([runs_tree], out)
-    text = html_path.read_text()
+@pytest.fixture(scope="module")
+def built(runs_tree, tmp_path_factory):
+    """The report of the whole tree, built once: (report.html text, output folder)."""
+    out = tmp_path_factory.mktemp("rep")
+    return report.build_report([runs_tree], out).read_text(), out
+
+
+def test_report_has_every_figure_and_statuses(built):
+    text, out = built
     imgs = re.findall(r'<img src="([^"]+)"', text)
     assert sorted(imgs) == sorted(f"{k}.png" for k in
                                   ("curves", "sharing", "grid", "param_evolution", "grads", "histograms", "activations"))
@@ -57,15 +69,43 @@ def test_report_has_every_figure_and_statuses(runs_tree, tmp_path):
         data = (out / img).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     table = pd.read_csv(out / "runs.csv")
-    assert len(table) == 6 == len(pd.read_parquet(out / "runs.parquet"))
-    assert sorted(table.status) == ["completed", "completed", "completed", "diverged", "failed", "incomplete"]
-    assert text.count("<tr>") == 1 + 6
+    assert len(table) == 8 == len(pd.read_parquet(out / "runs.parquet"))
+    assert sorted(table.status) == ["completed"] * 5 + ["diverged", "failed", "incomplete"]
+    runs_section = text[text.index("<h2>Runs</h2>"):text.index("</details>", text.index("<h2>Runs</h2>"))]
+    assert runs_section.count("<tr>") == 1 + 8
     assert "through net.7" not in text  # site legends live in the PNG, the HTML notes what they mean
     assert "call site" in text
 
 
-def test_report_escapes_names(runs_tree, tmp_path):
-    text = report.build_report([runs_tree], tmp_path / "rep").read_text()
+def test_report_groups_and_comparisons_from_real_runs(built):
+    text, out = built
+    groups = pd.read_csv(out / "groups.csv")
+    assert list(groups.columns[:4]) == ["optim.lr", "sharing", "n", "n_other"]
+    pair = groups[(groups["optim.lr"] == 0.1)].set_index("sharing")
+    assert pair.loc["all_hidden", "n"] == 2 and pair.loc["none", "n"] == 2
+    runs = pd.read_csv(out / "runs.csv")
+    seeds = runs[(runs["optim.lr"] == 0.1) & (runs.sharing == "all_hidden")].val_acc
+    assert pair.loc["all_hidden", "val_acc_mean"] == pytest.approx(seeds.mean())
+    assert pair.loc["all_hidden", "val_acc_std"] == pytest.approx(seeds.std(ddof=1))
+    assert groups[groups["optim.lr"] == 10000].n_other.tolist() == [1]   # the diverged run
+    comparisons = pd.read_csv(out / "comparisons.csv")
+    cell = comparisons[(comparisons.key == "sharing") & (comparisons["optim.lr"] == 0.1)].iloc[0]
+    assert cell.n_pairs == 2 and cell.reference == "none" and cell.value == "all_hidden"
+    assert cell.sentence in text
+
+
+def test_killed_run_is_read_from_its_epoch_files(runs_tree):
+    exp = importlib.import_module("runner.report.load").load([runs_tree])
+    killed = next(r for r in exp.runs if r.status == "incomplete")
+    assert (killed.path / "compact" / "metrics.parquet").is_file()  # stale copy, must be ignored
+    assert sorted(exp.metrics[exp.metrics.run == killed.index].epoch.unique()) == [1]
+    assert sorted(exp.params[exp.params.run == killed.index].epoch.unique()) == [0, 1]
+    # Compact files read for the finished runs that have the table (the diverged run has no metrics).
+    assert exp.compact_used == {"metrics": 5, "params": 6, "activations": 6}
+
+
+def test_report_escapes_names(built):
+    text, _ = built
     assert EVIL not in text
     assert "&lt;img src=x onerror=alert(1)&gt;" in text
 
