@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -387,6 +388,7 @@ class _Group:
             info = json.loads(self.starts[m]["info"])
             info["resumed"] = list(info.get("resumed") or []) + [{"from_epoch": start, "at": _now()}]
             _clear_tables_after(run_dir, start)
+            shutil.rmtree(run_dir / "compact", ignore_errors=True)  # rewritten when the run ends
             self.log(f"paramlab: resuming {run_dir} after epoch {start} of {int(cfg.trainer.epochs)}")
         else:
             snapshot.clear_tables(run_dir)  # a run restarted into its old directory starts clean
@@ -522,6 +524,7 @@ class _Group:
                 snapshot.write_json(self.run_dirs[m] / "run.json", _public(info))
                 if info["status"] == "completed":
                     checkpoint.remove(self.run_dirs[m])  # only once run.json says so: never continued again
+                snapshot.compact_run(self.run_dirs[m])   # one file per table, for reports over many runs
             except OSError:
                 pass
             for key in [k for k in info if k.startswith("_")]:

@@ -95,21 +95,25 @@ def epoch_file(run_dir: Path, table: str, epoch: int) -> Path:
     return Path(run_dir) / table / f"epoch-{epoch:04d}.parquet"
 
 
-def write_table(run_dir: Path, table: str, epoch: int, columns: dict) -> Path:
-    """Write one epoch's rows of `table` (a dict of columns) atomically; returns the file path."""
-    t = pa.Table.from_pydict(columns, schema=SCHEMAS[table])
-    path = epoch_file(run_dir, table, epoch)
+def _write_parquet(path: Path, table: "pa.Table") -> None:
+    """A table into `path`, atomically: zstd, dictionaries for the string keys only (not the
+    floats), row groups of 4096 rows so readers can skip epochs by their statistics."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, lambda f: pq.write_table(
-        t, f, compression="zstd", use_dictionary=["name", "kind", "site", "split", "metric", "layer"],
+        table, f, compression="zstd", use_dictionary=["name", "kind", "site", "split", "metric", "layer"],
         row_group_size=4096))
+
+
+def write_table(run_dir: Path, table: str, epoch: int, columns: dict) -> Path:
+    """Write one epoch's rows of `table` (a dict of columns) atomically; returns the file path."""
+    path = epoch_file(run_dir, table, epoch)
+    _write_parquet(path, pa.Table.from_pydict(columns, schema=SCHEMAS[table]))
     return path
 
 
 def clear_tables(run_dir: Path) -> None:
-    """Remove every table file (for a run restarted into the same directory)."""
-    for table in TABLES:
-        folder = Path(run_dir) / table
+    """Remove every table file and compacted copy (for a run restarted into the same directory)."""
+    for folder in [Path(run_dir) / table for table in TABLES] + [Path(run_dir) / "compact"]:
         if folder.is_dir():
             for f in folder.iterdir():
                 if f.suffix == ".parquet" or f.name.startswith("."):
@@ -164,13 +168,7 @@ def compact_run(run_dir: str | os.PathLike) -> List[Path]:
             target.unlink(missing_ok=True)
             continue
         schema = SCHEMAS[table]
-        whole = pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # The epoch files' encoding (zstd, dictionaries for the string keys only); row groups of
-        # 4096 rows let a reader skip epochs by their statistics.
-        _atomic_write(target, lambda f: pq.write_table(
-            whole, f, compression="zstd", use_dictionary=["name", "kind", "site", "split", "metric", "layer"],
-            row_group_size=4096))
+        _write_parquet(target, pa.concat_tables([pq.read_table(f, schema=schema) for f in files]))
         written.append(target)
     return written
 

@@ -64,7 +64,8 @@ def test_report_has_every_figure_and_statuses(built):
     text, out = built
     imgs = re.findall(r'<img src="([^"]+)"', text)
     assert sorted(imgs) == sorted(f"{k}.png" for k in
-                                  ("curves", "sharing", "grid", "param_evolution", "grads", "histograms", "activations"))
+                                  ("curves", "sharing", "grid", "param_evolution", "grads", "histograms", "activations",
+                                   "update_ratio", "site_cosine", "noise_scale"))  # the engine's diagnostics too
     for img in imgs:
         data = (out / img).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
