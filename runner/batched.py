@@ -69,6 +69,7 @@ class Members:
         # One CPU generator per member for dropout masks, so a member's masks do not depend on
         # the others (on a GPU one device generator draws all members' masks in one kernel).
         self.dropout_generators = [torch.Generator().manual_seed(int(s)) for s in dropout_seeds]
+        self._keeps: Dict[tuple, torch.Tensor] = {}
         self.groups: List[Tuple[int, int]] = [(0, self.k)]
         self.member_group = torch.zeros(self.k, dtype=torch.long, device=self.device)
         self.batch = 0
@@ -105,15 +106,21 @@ class Members:
         return out.reshape(self.k * self.batch, *x.shape[1:])
 
     # ------------------------------------------------------------------ parameters of one call
-    def read(self, site: str, canonicals: Sequence[str], stacked: bool = False) -> List[torch.Tensor]:
-        """The tensors a call at `site` reads, (K, ...) each (K = 1: the plain tensors, unless
+    def plan(self, site: str, canonicals: Sequence[str]) -> tuple:
+        """What a call at `site` reads: its tensors, and the accumulators of the tied ones (None if
+        none is tied). Made once per call site."""
+        accumulators = tuple(self.site_sums.get((c, site)) for c in canonicals)
+        return [self.leaf_by_name[c] for c in canonicals], (accumulators if any(a is not None for a in accumulators)
+                                                          else None)
+
+    def read(self, plan: tuple, stacked: bool = False) -> List[torch.Tensor]:
+        """The tensors of a call (`plan`), (K, ...) each (K = 1: the plain tensors, unless
         `stacked`); tied ones through a SiteTap while capturing."""
-        tensors = [self.leaf_by_name[c] for c in canonicals]
+        tensors, accumulators = plan
         if stacked and self.k == 1:
             tensors = [t.unsqueeze(0) for t in tensors]
-        if not self.capturing or not any(c in self.tied for c in canonicals) or not torch.is_grad_enabled():
+        if accumulators is None or not self.capturing or not torch.is_grad_enabled():
             return tensors
-        accumulators = tuple(self.site_sums.get((c, site)) for c in canonicals)
         if stacked and self.k == 1:
             accumulators = tuple(None if a is None else a.unsqueeze(0) for a in accumulators)
         return list(SiteTap.apply(accumulators, *tensors))
@@ -122,18 +129,22 @@ class Members:
         """Inverted dropout with member k's rate and generator on its rows of x (member-major)."""
         k, b = self.k, x.shape[0] // self.k
         shape = (b, x.shape[1], *([1] * (x.dim() - 2))) if channelwise else (b, *x.shape[1:])
+        keep = self._keep(rates, x.device, len(shape))                       # (K, 1, ...): 1 - p
         if x.is_cuda:
-            keep = torch.tensor([1.0 - p for p in rates], device=x.device).view(k, *([1] * len(shape)))
-            mask = torch.bernoulli(keep.expand(k, *shape)).div_(keep)
+            mask = torch.bernoulli(keep.expand(k, *shape))
         else:
-            masks = []
-            for p, generator in zip(rates, self.dropout_generators):
-                if p == 0.0:
-                    masks.append(torch.ones(shape))
-                else:
-                    masks.append(torch.empty(shape).bernoulli_(1.0 - p, generator=generator).div_(1.0 - p))
-            mask = torch.stack(masks)
-        return (x.reshape(k, b, *x.shape[1:]) * mask).reshape(x.shape)
+            # Member by member into one buffer: the draws a run alone makes (same generator, same shape).
+            mask = torch.ones(k, *shape)
+            for m, (p, generator) in enumerate(zip(rates, self.dropout_generators)):
+                if p:
+                    mask[m].bernoulli_(1.0 - p, generator=generator)
+        return (x.reshape(k, b, *x.shape[1:]) * mask.div_(keep)).reshape(x.shape)
+
+    def _keep(self, rates: Sequence[float], device, dims: int) -> torch.Tensor:
+        key = (tuple(rates), str(device), dims)
+        if key not in self._keeps:
+            self._keeps[key] = torch.tensor([1.0 - p for p in rates], device=device).view(-1, *([1] * dims))
+        return self._keeps[key]
 
     def member_view(self, x: torch.Tensor) -> torch.Tensor:
         """(K*B, ...) member-major rows (or shared rows) as (K, B, ...)."""
@@ -174,11 +185,13 @@ class _Batched(nn.Module):
         self.leaves = [n for n, p in module._parameters.items() if p is not None]
         first = sites[0]
         self.canonicals = [members.canonical[f"{first}.{leaf}" if first else leaf] for leaf in self.leaves]
+        self.plans = [members.plan(site, self.canonicals) for site in sites]
         self.calls = 0
 
-    def site(self) -> str:
+    def site(self) -> int:
+        """Which of its sites this call is (counted per forward for a module at several paths)."""
         if len(self.sites) == 1 and not self.members.probing:
-            return self.sites[0]
+            return 0
         k = self.calls
         self.__dict__["calls"] = k + 1
         if k >= len(self.sites):
@@ -186,13 +199,13 @@ class _Batched(nn.Module):
                                f"than {len(self.sites)} time(s) per forward; paramlab tells call sites apart by "
                                "module path: give each use its own attribute (e.g. self.fc2 = self.fc) or tie "
                                "separate modules with sharing.groups")
-        return self.sites[k]
+        return k
 
     def params(self, stacked: bool = False) -> Dict[str, torch.Tensor]:
-        return dict(zip(self.leaves, self.members.read(self.site(), self.canonicals, stacked)))
+        return dict(zip(self.leaves, self.members.read(self.plans[self.site()], stacked)))
 
     def tensors(self) -> List[torch.Tensor]:
-        return self.members.read(self.site(), self.canonicals)
+        return self.members.read(self.plans[self.site()])
 
     def extra_repr(self) -> str:
         return f"sites={self.sites}, members={self.members.k}"
@@ -364,7 +377,7 @@ class VmapModule(_Batched):
         from torch.func import functional_call, vmap
 
         m = self.members
-        prefix = self.site()
+        prefix = self.sites[self.site()]
         by_site: Dict[str, List[str]] = {}
         for name in self.names:
             full = f"{prefix}.{name}" if prefix else name
@@ -372,7 +385,7 @@ class VmapModule(_Batched):
         params: Dict[str, torch.Tensor] = {}
         for site, names in by_site.items():
             full = [f"{prefix}.{n}" if prefix else n for n in names]
-            tensors = m.read(site, [m.canonical[f] for f in full], stacked=True)
+            tensors = m.read(m.plan(site, [m.canonical[f] for f in full]), stacked=True)
             params.update(zip(names, tensors))
         self.inner.train(self.training)
         tensor_args = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]

@@ -403,18 +403,15 @@ def main() -> None:
 
     from .sweep import prewarm_workers, sweep_exit_code
 
-    warming = []
-
     def warm(plan: Plan) -> None:
         n = _parallel_workers(plan)
         if n > 1:
-            warming.append(prewarm_workers(n))
+            prewarm_workers(n)
 
     guard("train", on_expanded=warm)
-    for thread in warming:
-        thread.join()
+    hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
     # An absolute path: works for `python -m`, console scripts and `python -c` alike.
-    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
+    hydra_main(task)()
     sys.exit(sweep_exit_code())
 
 
@@ -428,5 +425,15 @@ def _parallel_workers(plan: Plan) -> int:
         n_jobs = plan.base.hydra.launcher.get("n_jobs", -1) or -1
         return min(len(plan.jobs), cores if n_jobs < 0 else n_jobs)
     if "Ensemble" in launcher:
-        return min(cores, len(plan.jobs))  # an upper bound: groups are known only after composing
+        # Jobs that differ in more than member keys (lr, seed, ...) are separate ensembles; the
+        # configs are not composed yet, so count the distinct other overrides.
+        from .sweep import MEMBER_KEYS
+
+        def key(o: str) -> str:
+            return o.split("=", 1)[0].lstrip("+~")
+
+        groups = {tuple(sorted(o for o in job if key(o) not in MEMBER_KEYS)) for job in plan.jobs}
+        n_jobs = plan.base.hydra.launcher.get("n_jobs", -1)
+        n = min(len(groups), cores if n_jobs is None or n_jobs < 0 else n_jobs)
+        return n if n > 1 else 0
     return 0

@@ -301,14 +301,15 @@ class _Group:
             Nothing here reads back to the host on a GPU (so it can be a CUDA graph)."""
             x = x_all[idx.reshape(-1)]                              # (G*B, 1, 28, 28)
             y = y_all[idx]                                          # (G, B)
+            b = idx.shape[1]
             y = y.expand(k, -1) if len(groups) == 1 else y if len(groups) == k else y[member_group]  # (K, B)
             logits = members.forward(x, groups)                     # (K*B, 10)
-            per_example = F.cross_entropy(logits, y.reshape(-1), reduction="none")   # (K*B,)
-            totals.add(per_example.detach().view(k, -1).mean(1), logits, y)  # may freeze members
+            per_example = F.cross_entropy(logits, y.reshape(-1), reduction="none")     # (K*B,)
+            totals.add(per_example.detach().view(k, -1).mean(1), logits, y)         # may freeze members
             optimizer.zero_grad()
-            # The gradient of each member's mean loss: 1/B per example, as F.cross_entropy's mean gives it
-            # (a member's rows only reach its own parameters, so frozen members need no masking).
-            per_example.backward(_mean_gradient(per_example, y.shape[1]))
+            # The gradient of each member's mean loss: 1/B per example, the bits cross_entropy's own mean
+            # gives (a member's rows reach only its own parameters, so frozen members need no mask).
+            per_example.backward(_mean_gradient(per_example, b))
             if recorder is not None and members.capturing:
                 recorder.accumulate()                               # gradients captured before the step
             optimizer.step()
@@ -620,35 +621,33 @@ def checks_loss_per_step(device) -> bool:
 
 class _Totals:
     """Per member: the epoch's train-loss sum, correct count, and the divergence check (a loss
-    that is non-finite or above `factor` x the member's first loss freezes the member).
+    that is non-finite or above `factor` x the member's first loss freezes the member before
+    its backward, so that step never changes it).
 
-    On the CPU the K losses are read every step (free there), so a diverging member is frozen at
-    its first bad step and a run whose members all diverged stops there. On a GPU everything
-    stays on the device, so a step needs no host sync (and can be a CUDA graph): the check and
-    the freezing happen on the device and are read once per epoch."""
+    All of it is kept on the device in a few batched ops, so a step needs no host sync and can
+    be a CUDA graph; a GPU reads it once per epoch. On the CPU one flag is read per step (free
+    there), so a member is reported at its first bad step and a run whose members all diverged
+    stops there."""
 
     def __init__(self, k: int, device, factor: float, optimizer, limits: List[Optional[float]]):
         import torch
 
         self.k, self.factor, self.optimizer = k, factor, optimizer
         self.per_step = checks_loss_per_step(device)
-        self.limits = list(limits)                           # host, per member (CPU)
-        self.limit = None if any(v is None for v in limits) else torch.tensor(limits, device=device)
+        # Each member's limit: factor x its first step's loss (float64); restored when continuing.
+        self.limit = None if any(v is None for v in limits) else torch.tensor(limits, dtype=torch.float64,
+                                                                              device=device)
         self.correct = torch.zeros(k, dtype=torch.int64, device=device)
         self.loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
         self.bad_step = torch.full((k,), -1, dtype=torch.int64, device=device)
         self.bad_loss = torch.zeros(k, dtype=torch.float64, device=device)
         self.step = torch.zeros((), dtype=torch.int64, device=device)
-        self.host_sums = [0.0] * k
-        self.events: List[Tuple[int, int, float]] = []      # (member, step, loss) not yet reported
-        self.host_step = 0
+        self.any_bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.reported: set = set()
 
     def reset(self) -> None:
         for t in (self.correct, self.loss_sum, self.step):
             t.zero_()
-        self.bad_step.fill_(-1)
-        self.host_sums = [0.0] * self.k
-        self.host_step = 0
 
     def add(self, losses, logits, y) -> None:
         """losses (K,), logits (K*B, 10), y (K, B)."""
@@ -656,54 +655,42 @@ class _Totals:
 
         b = y.shape[1]
         self.correct += (logits.argmax(1).view(self.k, -1) == y).sum(1)
-        if self.per_step:
-            for m, v in enumerate(losses.tolist()):
-                if not self.optimizer.alive_host[m]:
-                    continue
-                if self.limits[m] is None:
-                    self.limits[m] = v * self.factor
-                if v <= self.limits[m]:
-                    self.host_sums[m] += v * b
-                else:                                       # `not <=` also catches NaN
-                    self.optimizer.freeze(m)                # before the backward: its loss is left out
-                    self.events.append((m, self.host_step, v))
-            self.host_step += 1
-            return
-        loss = losses.detach()
+        loss = losses.detach().double()
         if self.limit is None:                              # the first step (eager, never inside a graph)
             self.limit = loss * self.factor
         alive = self.optimizer.alive > 0
-        bad = ~(loss <= self.limit) & alive
+        bad = ~(loss <= self.limit) & alive                 # `not <=` also catches NaN
         first = bad & (self.bad_step < 0)
         self.bad_step.copy_(torch.where(first, self.step, self.bad_step))
-        self.bad_loss.copy_(torch.where(first, loss.double(), self.bad_loss))
-        self.optimizer.alive.mul_((~bad).float())
+        self.bad_loss.copy_(torch.where(first, loss, self.bad_loss))
+        self.any_bad.copy_(bad.any())
+        self.optimizer.alive.mul_((~bad).to(self.optimizer.alive.dtype))
         torch.mul(self.optimizer.lr, self.optimizer.alive, out=self.optimizer.neg_lr).neg_()
-        self.loss_sum += torch.where(alive & ~bad, loss.double() * b, torch.zeros_like(self.loss_sum))
+        self.loss_sum += torch.where(alive & ~bad, loss * b, torch.zeros_like(self.loss_sum))
         self.step += 1
 
+    def events(self, epoch: int) -> List[Tuple[int, int, int, float]]:
+        """The members that diverged and were not reported yet, as (member, epoch, step, loss);
+        the optimizer's host copy of who is alive follows."""
+        steps, losses = self.bad_step.tolist(), self.bad_loss.tolist()
+        self.optimizer.alive_host = self.optimizer.alive.tolist()
+        new = [(m, epoch, s, losses[m]) for m, s in enumerate(steps) if s >= 0 and m not in self.reported]
+        self.reported |= {m for m, *_ in new}
+        return new
+
     def drain(self, epoch: int) -> List[Tuple[int, int, int, float]]:
-        """CPU: the members that diverged since the last call, as (member, epoch, step, loss)."""
-        events, self.events = self.events, []
-        return [(m, epoch, s, v) for m, s, v in events]
+        """CPU, after every step: one flag read; the members that diverged in this step."""
+        return self.events(epoch) if bool(self.any_bad) else []
 
     def finish(self, epoch: int) -> List[Tuple[int, int, int, float]]:
         """End of the epoch (the GPU's one sync): members that diverged in it."""
-        if self.per_step:
-            return self.drain(epoch)
-        steps, losses = self.bad_step.tolist(), self.bad_loss.tolist()
-        alive = self.optimizer.alive.tolist()
-        self.optimizer.alive_host = list(alive)
-        self.limits = self.limit.tolist() if self.limit is not None else self.limits
-        return [(m, epoch, s, losses[m]) for m, s in enumerate(steps) if s >= 0]
+        return self.events(epoch)
 
     def means(self, n: int) -> Tuple[List[float], List[float]]:
-        sums = self.host_sums if self.per_step else self.loss_sum.tolist()
-        correct = self.correct.tolist()
-        return [s / n for s in sums], [c / n for c in correct]
+        return [s / n for s in self.loss_sum.tolist()], [c / n for c in self.correct.tolist()]
 
     def limit_of(self, m: int) -> Optional[float]:
-        return self.limits[m] if self.per_step or self.limit is None else float(self.limits[m])
+        return None if self.limit is None else float(self.limit[m])
 
 
 class _GraphStep:

@@ -102,12 +102,13 @@ class EnsembleLauncherBase(Launcher):
                     print(outcome_line(info, jobs[i][2].name, sweep_dir), flush=True)
 
         if workers > 1:
-            from joblib import Parallel, delayed
+            from concurrent.futures import as_completed
 
-            outcomes = Parallel(n_jobs=workers, backend="loky", prefer="processes", max_nbytes=None,
-                                return_as="generator")(delayed(run_group)(*call) for call in calls)
-            for members, outcome in zip(groups, outcomes):
-                done(members, outcome)
+            from .sweep import workers as pool
+
+            futures = {pool(workers).submit(run_group, *call): members for members, call in zip(groups, calls)}
+            for future in as_completed(futures):
+                done(futures[future], future.result())
         else:
             for members, call in zip(groups, calls):
                 done(members, run_group(*call))

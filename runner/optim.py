@@ -104,8 +104,8 @@ class Optimizer:
             correction1 = 1 - self.beta1 ** self.t
             sqrt_correction2 = (1 - self.beta2 ** self.t) ** 0.5
             # torch.optim rounds lr / correction once, in double: so do we, per member.
-            step = torch.tensor([-(lr * alive / correction1) for lr, alive in zip(self.lr_host, self.alive_host)],
-                                dtype=torch.float32, device=self.lr.device)
+            step = torch.tensor([-(lr / correction1) for lr in self.lr_host], dtype=torch.float32,
+                                device=self.lr.device).mul_(self.alive)   # x 1 or 0: exact
         denom = torch._foreach_sqrt(self.exp_avg_sq)
         torch._foreach_div_(denom, sqrt_correction2)
         torch._foreach_add_(denom, self.eps)

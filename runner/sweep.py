@@ -198,23 +198,17 @@ def _warm_worker() -> int:
     return os.getpid()
 
 
-def prewarm_workers(n_workers: int):
-    """Start `n_workers` loky worker processes (importing torch and the engine) in a background
-    thread while the main process checks the command; joblib's loky backend (the joblib launcher,
-    the ensemble launcher's parallel groups) then reuses the warm workers. Returns the thread."""
-    import threading
+def workers(n_workers: int):
+    """The loky pool of worker processes (joblib's reusable executor: the joblib launcher and the
+    ensemble launcher's parallel groups share it)."""
+    from joblib.externals.loky import get_reusable_executor
 
-    def warm() -> None:
-        try:
-            from joblib import Parallel, delayed
+    return get_reusable_executor(max_workers=n_workers, timeout=300)
 
-            # The same settings as hydra-joblib-launcher's defaults, so loky reuses the pool.
-            Parallel(n_jobs=n_workers, backend="loky", prefer="processes", max_nbytes=None, timeout=None,
-                     pre_dispatch="2*n_jobs", batch_size="auto", verbose=0)(
-                delayed(_warm_worker)() for _ in range(n_workers))
-        except Exception:
-            pass  # only an optimisation
 
-    thread = threading.Thread(target=warm, daemon=True)
-    thread.start()
-    return thread
+def prewarm_workers(n_workers: int) -> None:
+    """Start the worker processes (importing torch and the engine, ~3 s each) while the main
+    process checks the command, so they are warm when the jobs start."""
+    pool = workers(n_workers)
+    for _ in range(n_workers):
+        pool.submit(_warm_worker)
