@@ -199,11 +199,11 @@ def _warm_worker() -> int:
 
 
 def workers(n_workers: int):
-    """The loky pool of worker processes (joblib's reusable executor: the joblib launcher and the
-    ensemble launcher's parallel groups share it)."""
-    from joblib.externals.loky import get_reusable_executor
+    """The pool of worker processes: joblib's reusable loky executor, the one the joblib launcher
+    uses too, so workers warmed here serve either launcher."""
+    from joblib.executor import get_memmapping_executor
 
-    return get_reusable_executor(max_workers=n_workers, timeout=300)
+    return get_memmapping_executor(n_workers, timeout=300)
 
 
 def prewarm_workers(n_workers: int) -> None:
