@@ -131,7 +131,10 @@ class Composer:
 
     def _full(self, overrides: Sequence[str]):
         from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
 
+        if GlobalHydra.instance().is_initialized():  # inside Hydra's own run (a launcher): its loader
+            return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
 
@@ -146,7 +149,7 @@ class Composer:
         group = [o for o in parsed if o.key_or_group.lstrip("+~") in self.groups
                  or o.key_or_group.startswith("hydra/")]
         values = [o for o in parsed if o not in group]
-        key = tuple(o.input_line for o in group)
+        key = tuple(sorted(o.input_line for o in group))
         if key not in self.cache:
             try:
                 self.cache[key] = self._full(list(key))
@@ -307,7 +310,7 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
             check_job(cfg, checked_data, need_data=command == "train")
             if command == "train":
                 run_dir = _job_dir(cfg) if multirun else target
-                check_run_dir(cfg, run_dir, "job directory" if multirun else "hydra.run.dir")
+                check_run_dir(cfg, run_dir, f"job directory {run_dir}" if multirun else f"hydra.run.dir={run_dir}")
         except Exception as e:
             if not is_user_error(e):
                 raise

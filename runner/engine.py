@@ -103,7 +103,7 @@ def read_run_json(run_dir: Path) -> Optional[dict]:
         return None
 
 
-def check_run_dir(cfg, run_dir: Path, key: str = "hydra.run.dir") -> Optional[dict]:
+def check_run_dir(cfg, run_dir: Path, label: Optional[str] = None) -> Optional[dict]:
     """A user error if `run_dir` holds a run of another config or is being written by a live
     process; else its run.json (None if it has none). Creates nothing."""
     from .lock import check_unlocked
@@ -111,7 +111,8 @@ def check_run_dir(cfg, run_dir: Path, key: str = "hydra.run.dir") -> Optional[di
     existing = read_run_json(run_dir)
     if existing is not None and comparable(existing.get("config") or {}) != comparable(plain_config(cfg)):
         differ = _differences(comparable(existing.get("config") or {}), comparable(plain_config(cfg)))
-        raise UserError(f"{key}={run_dir} holds a run with another config ({differ}); continue it with its own "
+        raise UserError(f"{label or f'run directory {run_dir}'} holds a run with another config ({differ}); "
+                        "continue it with its own "
                         f"config, give this run another directory, or delete {run_dir} to start over")
     check_unlocked(run_dir, "run directory")
     return existing
@@ -175,17 +176,16 @@ def run_members(cfgs: Sequence, run_dirs: Sequence, overrides: Optional[Sequence
     result = Result(n)
     locks = []
     try:
-        for run_dir in run_dirs:
-            locks.append(DirLock(run_dir, "run directory").acquire())
         from . import checkpoint
 
         pending, templates, starts = [], {}, {}
         for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
             existing = read_run_json(run_dir)
             if existing is not None and existing.get("status") == "completed":
-                result.infos[i] = existing
+                result.infos[i] = existing   # left as it is: not even locked
                 log(f"paramlab: skip {run_dir.name}: already completed in {run_dir}; left as it is")
                 continue
+            locks.append(DirLock(run_dir, "run directory").acquire())
             starts[i] = checkpoint.load(run_dir) if existing is not None else None
             torch.manual_seed(cfg.seed)
             templates[i] = build(cfg)

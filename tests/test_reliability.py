@@ -75,7 +75,7 @@ def test_sixteen_parallel_jobs(tmp_path, data_root):
     assert len({j["final"]["train_loss"] for j in runs}) == 16  # each job seeded by its own seed
 
 
-KEYS = ["optim.lr", "model.dropout", "model.hidden", "trainer.epochs", "data.batch_size", "data.limit",
+KEYS = ["optim.lr", "model.dropout", "model.hidden", "model.channels", "trainer.epochs", "data.batch_size", "data.limit",
         "snapshot.every", "model.activation", "sharing", "init", "optim", "model", "seed", "init.std",
         "trainer.diverge_factor", "optim.momentum", "sharing.groups", "device", "+extra", "model.hiddenx"]
 ALPHABET = string.ascii_letters + string.digits + " .,-_[]{}:'\"=$+/@*"
@@ -85,13 +85,17 @@ VALUES = st.one_of(
     st.text(ALPHABET, max_size=12),
     st.lists(st.integers(-3, 300), max_size=4).map(lambda v: "[" + ",".join(map(str, v)) + "]"),
     st.sampled_from(["null", "true", "none", "all_hidden", "groups", "adam", "rgnet", "nest_mlp", "xavier",
-                     "per_layer", "[[net.4,net.7]]", "[[net.1]]", "cuda", "cpu", "1e-3", "0.999", "nan"]),
+                     "per_layer", "[[net.4,net.7]]", "[[net.1]]", "cuda", "cpu", "1e-3", "0.999", "nan", "cnn", "lenet",
+                     "custom", "[[conv2,conv3]]", "[[conv2.weight,conv3.weight]]", "[[net.4.weight,net.7]]",
+                     "cuda:1", "[16,16]"]),
 )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=3))
 def test_fuzz_overrides_clean_error_or_valid(data_root, capsys, pairs):
+    """No input crashes the checks: each is a valid config or one clean line with exit 2 (a bug
+    would be exit 1)."""
     args = [f"data.root={data_root}"] + [f"{k}={v}" for k, v in pairs]
     try:
         guard("train", args)
@@ -141,3 +145,38 @@ def test_two_real_commands_on_one_directory(tmp_path, data_root):
     DirLock(sweep).acquire().release()  # a killed command's lock does not block (the kernel dropped it)
     (sweep / ".paramlab.lock").write_text("999999")  # a stale pid in the file (a restarted container)
     DirLock(sweep).acquire().release()
+
+
+def test_a_bug_is_not_a_user_error(data_root, capsys, monkeypatch):
+    """An exception that is not the user's mistake: exit 1, one line naming a file that holds
+    the full traceback (not 'paramlab: error: <your mistake>' with exit 2)."""
+    import runner.config
+
+    def broken(cfg):
+        return 1 / 0
+
+    monkeypatch.setattr(runner.config, "validate", broken)
+    with pytest.raises(SystemExit) as e:
+        guard("train", [f"data.root={data_root}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1
+    assert "internal error (ZeroDivisionError: division by zero); this is a bug in paramlab" in err
+    log = err.rsplit("traceback in ", 1)[1].strip()
+    text = open(log).read()
+    assert "Traceback" in text and "def broken" not in text and "1 / 0" in text
+    os.unlink(log)
+
+
+def test_a_bug_during_a_run_exits_1_with_error_log(tmp_path, data_root):
+    code = ("import sys, runner.engine as e\n"
+            "real = e.evaluate\n"
+            "def broken(*a, **k):\n    raise RuntimeError('boom')\n"
+            "e.evaluate = broken\n"
+            "from runner.cli import main\nsys.argv = ['train'] + sys.argv[1:]\nmain()\n")
+    r = run_cli("-c", code, f"data.root={data_root}", "trainer.epochs=2", "trainer.progress=false", "device=cpu",
+                f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert f"traceback in {tmp_path / 'r' / 'error.log'}" in r.stderr
+    assert "RuntimeError: boom" in (tmp_path / "r" / "error.log").read_text()
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["status"] == "failed" and info["error"] == "RuntimeError: boom"

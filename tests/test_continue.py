@@ -1,0 +1,133 @@
+"""Continuing killed runs: the same command continues after the last completed epoch, from the
+checkpoint written with that epoch's tables, and ends bit-identical to a run never killed."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runner import snapshot
+from runner.sweep import job_runs
+
+from conftest import ROOT, run_cli
+
+# Dies (as if SIGKILLed) while writing one file of one epoch: the tables before it are on disk,
+# the checkpoint and run.json of that epoch are not.
+KILL_AT = """
+import os, sys
+from runner import snapshot, checkpoint
+target = os.environ["KILL_AT"]          # e.g. "params/3" or "checkpoint/3"
+real_table, real_save = snapshot.write_table, checkpoint.save
+def table(run_dir, name, epoch, columns):
+    if target == f"{name}/{epoch}":
+        os._exit(137)
+    return real_table(run_dir, name, epoch, columns)
+def save(run_dir, state):
+    if target == f"checkpoint/{state['epoch']}":
+        os._exit(137)
+    return real_save(run_dir, state)
+snapshot.write_table, checkpoint.save = table, save
+from runner.cli import main
+sys.argv = ["runner.train"] + sys.argv[1:]
+main()
+"""
+
+
+def _same(a, b):
+    """Two run directories hold the same results, bit for bit."""
+    for table in ("metrics", "activations"):
+        pd.testing.assert_frame_equal(pd.read_parquet(a / table), pd.read_parquet(b / table))
+    pa, pb = snapshot.read_params(a), snapshot.read_params(b)
+    pd.testing.assert_frame_equal(pa, pb)
+    ta = {(t["epoch"], t["name"], t["kind"], t["site"]): t["array"] for t in snapshot.read_tensors(a)}
+    tb = {(t["epoch"], t["name"], t["kind"], t["site"]): t["array"] for t in snapshot.read_tensors(b)}
+    assert sorted(ta) == sorted(tb) and all(np.array_equal(ta[k], tb[k]) for k in ta)
+    ia, ib = (json.loads((d / "run.json").read_text()) for d in (a, b))
+    assert ia["final"] == ib["final"] and ia["status"] == ib["status"] == "completed"
+
+
+COMMON = ["trainer.epochs=5", "sharing=all_hidden", "model.dropout=0.2", "optim.momentum=0.9", "snapshot.every=2",
+          "data.batch_size=64", "trainer.progress=false", "device=cpu"]
+
+
+@pytest.mark.parametrize("kill_at", ["metrics/3", "checkpoint/4", "params/4"])
+def test_killed_run_continues_bit_identical(tmp_path, data_root, kill_at):
+    args = ["-m", "runner.train", f"data.root={data_root}", *COMMON]
+    r = run_cli("-c", KILL_AT, *args[2:], f"hydra.run.dir={tmp_path / 'k'}", cwd=tmp_path,
+                env_extra={"KILL_AT": kill_at})
+    assert r.returncode == 137
+    killed = json.loads((tmp_path / "k" / "run.json").read_text())
+    done = int(kill_at.split("/")[1]) - 1
+    assert killed["status"] == "running" and killed["epochs_completed"] == done
+    r = run_cli(*args, f"hydra.run.dir={tmp_path / 'k'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"paramlab: resuming {tmp_path / 'k'} after epoch {done} of 5" in r.stdout
+    info = json.loads((tmp_path / "k" / "run.json").read_text())
+    assert [e["from_epoch"] for e in info["resumed"]] == [done] and len(info["epoch_times_s"]) == 5
+    assert not (tmp_path / "k" / "checkpoint.pt").exists()  # a completed run is never continued: no need
+    r = run_cli(*args, f"hydra.run.dir={tmp_path / 'never_killed'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    _same(tmp_path / "k", tmp_path / "never_killed")
+
+
+def test_sigkill_at_a_random_moment_then_continue(tmp_path, data_root):
+    run_dir = tmp_path / "r"
+    cmd = [sys.executable, "-m", "runner.train", f"data.root={data_root}", *COMMON[1:], "trainer.epochs=30",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    while not (run_dir / "metrics" / "epoch-0004.parquet").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    time.sleep(0.137)  # somewhere inside a later epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+    r = subprocess.run(cmd[:-1] + [f"hydra.run.dir={tmp_path / 'whole'}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr
+    _same(run_dir, tmp_path / "whole")
+
+
+def test_completed_run_is_left_alone_and_other_config_refused(tmp_path, data_root):
+    args = ["-m", "runner.train", f"data.root={data_root}", "trainer.epochs=1", "trainer.progress=false",
+            "device=cpu", f"hydra.run.dir={tmp_path / 'r'}"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    def files():  # the run's own files (Hydra rewrites its .hydra/ record of each command)
+        return {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*") if p.is_file() and ".hydra" not in p.parts}
+
+    before = files()
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0 and "already completed" in r.stdout
+    assert files() == before
+    r = run_cli(*args, "optim.lr=0.3", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert (f"hydra.run.dir={tmp_path / 'r'} holds a run with another config (optim.lr: 0.1 there, 0.3 here); "
+            f"continue it with its own config, give this run another directory, or delete {tmp_path / 'r'} to "
+            "start over") in r.stderr
+    assert files() == before
+
+
+def test_killed_ensemble_sweep_resumes_bit_identical(tmp_path, data_root):
+    """An ensemble sweep killed while its members were writing epoch 3: `-m sweep.resume=DIR`
+    alone continues every member after its last completed epoch."""
+    grid = ["-m", "optim.lr=0.05,0.1", "seed=0,1", f"data.root={data_root}", *COMMON]
+    r = run_cli("-c", KILL_AT, *grid, f"hydra.sweep.dir={tmp_path / 's'}", "hydra/launcher=ensemble",
+                "hydra.launcher.n_jobs=1", cwd=tmp_path, env_extra={"KILL_AT": "params/4"})
+    assert r.returncode == 137
+    record = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert record["n_jobs"] == 4 and "optim.lr=0.05,0.1" in record["overrides"]
+    r = run_cli("-m", "runner.train", "-m", f"sweep.resume={tmp_path / 's'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("resuming") == 4
+    r = run_cli("-m", "runner.train", *grid, f"hydra.sweep.dir={tmp_path / 'whole'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for job in job_runs(tmp_path / "s"):
+        assert job["status"] == "completed" and job["ensemble"]["size"] == 4
+        _same(tmp_path / "s" / job["_dir"], tmp_path / "whole" / job["_dir"])
