@@ -20,10 +20,12 @@ from typing import List, Optional, Sequence, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from .config import UserError, plain_config, register_configs
+from .launcher import register as register_launcher
 from .paths import register_resolvers
 
 register_resolvers()
 register_configs()
+register_launcher()  # hydra/launcher=ensemble (the default), also before Hydra's plugin scan has run
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 # Flags after which Hydra prints something instead of running: nothing to check.

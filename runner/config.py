@@ -124,10 +124,7 @@ class Config:
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
-    from .launcher import register
-
     ConfigStore.instance().store(name="paramlab_schema", node=Config)
-    register()  # hydra/launcher=ensemble, also where Hydra's plugin scan has not run yet
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:

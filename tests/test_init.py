@@ -48,10 +48,14 @@ def test_xavier_and_kaiming_scales(make_cfg):
 def test_per_layer_first_xavier_last_42(make_cfg):
     torch.manual_seed(0)
     model, _ = build(make_cfg("init=per_layer"))
-    assert torch.all(model.net[10].weight == 42)
+    assert torch.all(model.net[10].weight == 42) and torch.all(model.net[10].bias == 0)
     w1 = model.net[1].weight.detach()
-    assert w1.abs().max() <= (6 / (784 + 8)) ** 0.5
-    assert not torch.all(model.net[4].weight == 42)  # untouched: PyTorch default
+    bound = (6 / (784 + 8)) ** 0.5                  # xavier's; PyTorch's default bound is 1/sqrt(784), 2.4x smaller
+    assert 0.95 * bound < w1.abs().max() <= bound
+    assert abs(w1.std().item() - bound / 3 ** 0.5) < 0.05 * bound  # uniform on [-bound, bound]
+    assert torch.all(model.net[1].bias == 0)
+    default = model.net[4].weight.detach()          # no rule for it: PyTorch's default, not touched
+    assert default.abs().max() <= 1 / 8 ** 0.5 and not torch.all(model.net[4].bias == 0)
 
 
 def test_init_after_tying_one_tensor(make_cfg):

@@ -41,7 +41,10 @@ def test_learns_and_is_deterministic(make_cfg, tmp_path):
 
 
 def test_golden_losses_seed_preset(make_cfg, tmp_path):
-    """Fixed seed, fixed synthetic data: the seed preset's losses are pinned (torch 2.14 CPU)."""
+    """Fixed seed, fixed synthetic data: the seed preset's losses are pinned. Recorded with torch
+    2.14.1 on this CPU; rtol 1e-4 because float32 kernels may round differently on another torch
+    of the range pyproject allows (2.11-2.14.1) or another CPU, not to hide changes of ours (a
+    changed init, batch order or update rule moves them by far more)."""
     run(make_cfg("experiment=seed_sharing", "trainer.epochs=2", "data.batch_size=64"), tmp_path / "g")
     m = pd.read_parquet(tmp_path / "g" / "metrics").set_index(["epoch", "split", "metric"]).value
     got = [m[(1, "train", "loss")], m[(2, "train", "loss")], m[(2, "val", "loss")]]
