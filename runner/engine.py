@@ -271,6 +271,7 @@ class _Group:
         check_batchable(members)
         layers = [p for p in layers if _has(members.model, p)]  # outputs inside a vmapped module are not seen
         dataset = load_data(cfg0, device)
+        self.n_train = dataset.n_train
         optimizer = Optimizer(members.leaves, [c.optim for c in self.cfgs], device,
                               on_device_step=device.type == "cuda")
         generators = [torch.Generator(device=device).manual_seed(seeds[s]) for s, _ in groups]
@@ -400,7 +401,8 @@ class _Group:
                     "tie_groups": tie_map.tie_groups(), "final": None, "wall_time_s": None, "epoch_times_s": [],
                     "device": str(device), "torch_version": torch.__version__, "threads": torch.get_num_threads(),
                     "pid": os.getpid(), "started_at": _now(), "finished_at": None, "error": None, "diverged": None,
-                    "resumed": [], "ensemble": None}
+                    "resumed": [], "ensemble": None,
+                    "steps_per_epoch": -(-int(self.n_train) // int(cfg.data.batch_size))}
         info.update(status="running", error=None, pid=os.getpid(), threads=torch.get_num_threads(),
                     finished_at=None, device=str(device))
         info["config"] = plain_config(cfg)        # e.g. trainer.progress, which may differ when continuing

@@ -273,6 +273,7 @@ def _runs_frame(exp: Experiment):
         "status": [r.status for r in exp.runs], "completed": [r.completed for r in exp.runs],
         **{m: [r.final(m) for r in exp.runs] for m in ("val_acc", "val_loss", "train_loss")},
         "batch_size": [r.flat.get("data.batch_size") for r in exp.runs],
+        "steps_per_epoch": [r.info.get("steps_per_epoch") for r in exp.runs],
     })
 
 

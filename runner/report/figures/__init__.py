@@ -28,14 +28,18 @@ FIGURES = [
      "L2 norm of each parameter's mean gradient over the epoch's steps. For tied parameters, each call site's "
      "share of the gradient (they add up to the total).", params.grads),
     ("update_ratio", "Update-to-weight ratio",
-     "Norm of each tensor's change since the previous snapshot over its norm then (log scale); dotted: 1e-3.",
+     "Norm of each tensor's change since the previous snapshot over its norm then, per optimizer step (divided "
+     "by the steps in between: a lower bound when steps do not all point one way); log scale; dotted: 1e-3, the "
+     "usual scale of a healthy SGD step.",
      diagnostics.update_ratio),
     ("site_cosine", "Call sites of tied tensors",
      "Cosine between each call site's mean gradient and the tied tensor's gradient: 1 = the sites agree, "
      "0 or below = they pull apart.", diagnostics.site_cosine),
     ("noise_scale", "Gradient noise scale",
      "B_simple = batch size x mean squared deviation of the step gradients / squared norm of the mean gradient "
-     "(McCandlish et al. 2018), per layer and for all parameters; dotted: the batch size.", diagnostics.noise_scale),
+     "(McCandlish et al. 2018), per layer and for all parameters; dotted: the batch size. The epoch's steps see "
+     "weights that move, so the mean gradient shrinks as gradients turn and B_simple reads high, the more so "
+     "late in training: compare layers and runs, not absolute values.", diagnostics.noise_scale),
     ("histograms", "Weight distributions",
      "Stored 64-bin histograms at init and at the last epoch, for a few runs.", params.histograms),
     ("activations", "Activations", "Per hidden layer, on a fixed batch of held-out images. " + BAND,

@@ -2,8 +2,10 @@
 is skipped when its rows or columns are absent (runs recorded before the engine wrote them).
 
 - update/weight ratio: `update` rows (value(e) - value(previous snapshot epoch)) over the value's
-  norm at the previous snapshot epoch. ~1e-3 per step is the usual healthy scale for SGD; with one
-  snapshot per epoch the ratio covers an epoch's steps, so read the guide line as a reference.
+  norm at the previous snapshot epoch, per optimizer step: divided by the steps between the two
+  snapshots (run.json `steps_per_epoch`), so ~1e-3, the usual healthy scale of one SGD step, is
+  the guide line. Steps that do not all point one way make this a lower bound of the typical
+  step's ratio. Runs without `steps_per_epoch` show the ratio over the whole interval.
 - call-site cosine: `cos_grad` of each call site of a tied tensor (cosine between that site's
   mean gradient and the tensor's); sites pulling apart show as cosines far below 1.
 - gradient noise scale B_simple = batch_size * step_var / ||grad||^2 (McCandlish et al. 2018,
@@ -24,20 +26,25 @@ GUIDE_RATIO = 1e-3
 ALL = "all parameters"
 
 
-def update_ratios(params):
-    """run, name, epoch, ratio: update.norm(e) / value.norm(previous snapshot epoch) per tensor."""
+def update_ratios(params, steps_per_epoch=None):
+    """run, name, epoch, ratio: update.norm(e) / value.norm(previous snapshot epoch) per tensor,
+    divided by the optimizer steps in between when steps_per_epoch[run] is known."""
     updates = params[(params.kind == "update") & params.norm.notna()]
     values = params[params.kind == "value"][["run", "name", "epoch", "norm"]].sort_values(["run", "name", "epoch"])
-    # The previous snapshot epoch's norm: value rows are at snapshot epochs, one per tensor.
+    # The previous snapshot epoch and its norm: value rows are at snapshot epochs, one per tensor.
     values["prev_norm"] = values.groupby(["run", "name"]).norm.shift(1)
-    ratio = updates[["run", "name", "epoch", "norm"]].merge(values[["run", "name", "epoch", "prev_norm"]],
-                                                            on=["run", "name", "epoch"], how="left")
+    values["prev_epoch"] = values.groupby(["run", "name"]).epoch.shift(1)
+    ratio = updates[["run", "name", "epoch", "norm"]].merge(
+        values[["run", "name", "epoch", "prev_norm", "prev_epoch"]], on=["run", "name", "epoch"], how="left")
     ratio["ratio"] = ratio["norm"] / ratio["prev_norm"]
+    if steps_per_epoch is not None:
+        steps = np.asarray(steps_per_epoch, dtype=float)[ratio.run.to_numpy()] * (ratio.epoch - ratio.prev_epoch)
+        ratio["ratio"] = np.where(np.isfinite(steps) & (steps > 0), ratio["ratio"] / steps, ratio["ratio"])
     return ratio[np.isfinite(ratio["ratio"]) & (ratio["ratio"] > 0)][["run", "name", "epoch", "ratio"]]
 
 
 def update_ratio(exp, out: Path) -> Optional[str]:
-    ratio = update_ratios(exp.params)
+    ratio = update_ratios(exp.params, exp.runs_frame.steps_per_epoch.astype(float).to_numpy())
     names = C.param_names(ratio.name.unique())
     if not names:
         return None
@@ -50,12 +57,12 @@ def update_ratio(exp, out: Path) -> Optional[str]:
         ax.axhline(GUIDE_RATIO, color="black", ls=":", lw=1)
         ax.set_title(C.param_title(name, aliases), fontsize=8.5)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("|update| / |weights before|")
+        ax.set_ylabel("|update| / |weights| per step")
     C.hide_unused(axes, len(names))
     from matplotlib.lines import Line2D
 
-    C.suptitle(fig, "Update-to-weight ratio per tensor: change since the previous snapshot over the weights' norm "
-                 "then (log; group geometric means)")
+    C.suptitle(fig, "Update-to-weight ratio per optimizer step: change since the previous snapshot over the weights' "
+                 "norm then, over the steps in between (log; group geometric means)")
     C.legend(fig, exp, [Line2D([], [], color="black", ls=":", label="1e-3 guide")])
     return C.save(fig, out, "update_ratio")
 
