@@ -1,6 +1,6 @@
 """The honest baseline: a lean hand-written in-memory training loop, as a careful user writes
 it without paramlab (dataset as tensors, a seeded permutation per epoch, nn.Module forward,
-torch.optim-style SGD via foreach, the epoch's train loss and accuracy as d2l's loop keeps them,
+torch.optim-style SGD (momentum optional) via foreach, the epoch's train loss and accuracy as d2l's loop keeps them,
 validation every epoch), no snapshots, no other bookkeeping.
 
     lean_epoch_seconds(make_model, epochs=3, lr=0.1, batch_size=256) -> list of seconds per epoch
@@ -21,7 +21,7 @@ def load(root: str = str(ROOT / "data"), device: str = "cpu"):
 
 
 def lean_epoch_seconds(make_model: Callable, epochs: int = 3, lr: float = 0.1, batch_size: int = 256,
-                       dataset=None, seed: int = 0) -> List[float]:
+                       dataset=None, seed: int = 0, momentum: float = 0.0) -> List[float]:
     import torch
     import torch.nn.functional as F
 
@@ -31,7 +31,7 @@ def lean_epoch_seconds(make_model: Callable, epochs: int = 3, lr: float = 0.1, b
     params = list(model.parameters())
     gen = torch.Generator(device=ds.train_x.device).manual_seed(seed)
     n = ds.train_x.shape[0]
-    times = []
+    times, buffers = [], None
     for _ in range(epochs):
         t = time.perf_counter()
         model.train()
@@ -48,7 +48,15 @@ def lean_epoch_seconds(make_model: Callable, epochs: int = 3, lr: float = 0.1, b
                 p.grad = None
             loss.backward()
             with torch.no_grad():
-                torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)
+                grads = [p.grad for p in params]
+                if momentum:
+                    if buffers is None:
+                        buffers = [g.clone() for g in grads]
+                    else:
+                        torch._foreach_mul_(buffers, momentum)
+                        torch._foreach_add_(buffers, grads)
+                    grads = buffers
+                torch._foreach_add_(params, grads, alpha=-lr)
         model.eval()
         with torch.no_grad():  # validate every epoch, as a user's loop does
             logits = torch.cat([model(ds.test_x[i:i + 2500]) for i in range(0, ds.test_x.shape[0], 2500)])

@@ -95,6 +95,7 @@ class TrainerConfig:
 class SnapshotConfig:
     enabled: bool = True          # false: no params/, tensors/, activations/ (metrics only)
     tensors: bool = True
+    diagnostics: bool = True      # update rows and step_var (false: neither; cos_grad stays)
     every: int = 1
     hist_bins: int = 64
     quantile_sample: int = 4096   # elements per tensor the quantiles are estimated from

@@ -626,73 +626,94 @@ class _Totals:
     that is non-finite or above `factor` x the member's first loss freezes the member before
     its backward, so that step never changes it).
 
-    All of it is kept on the device in a few batched ops, so a step needs no host sync and can
-    be a CUDA graph; a GPU reads it once per epoch. On the CPU one flag is read per step (free
-    there), so a member is reported at its first bad step and a run whose members all diverged
-    stops there."""
+    On the CPU the K losses are read every step (a few microseconds there): the check runs on
+    the host, a member is frozen at its first bad step and a run whose members all diverged
+    stops there. On a GPU a host read would sync every step, so there the check, the freezing
+    and the sums stay on the device (a step can be a CUDA graph) and are read once per epoch."""
 
     def __init__(self, k: int, device, factor: float, optimizer, limits: List[Optional[float]]):
         import torch
 
         self.k, self.factor, self.optimizer = k, factor, optimizer
         self.per_step = checks_loss_per_step(device)
-        # Each member's limit: factor x its first step's loss (float64); restored when continuing.
+        self.limits = list(limits)                           # factor x each member's first loss (float64)
         self.limit = None if any(v is None for v in limits) else torch.tensor(limits, dtype=torch.float64,
                                                                               device=device)
         self.correct = torch.zeros(k, dtype=torch.int64, device=device)
         self.loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+        self.host_sums = [0.0] * k
         self.bad_step = torch.full((k,), -1, dtype=torch.int64, device=device)
         self.bad_loss = torch.zeros(k, dtype=torch.float64, device=device)
         self.step = torch.zeros((), dtype=torch.int64, device=device)
-        self.any_bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.host_step = 0
+        self.new: List[Tuple[int, int, float]] = []        # (member, step, loss) not yet reported
         self.reported: set = set()
 
     def reset(self) -> None:
         for t in (self.correct, self.loss_sum, self.step):
             t.zero_()
+        self.host_sums = [0.0] * self.k
+        self.host_step = 0
 
     def add(self, losses, logits, y) -> None:
         """losses (K,), logits (K*B, 10), y (K, B)."""
-        import torch
-
         b = y.shape[1]
         self.correct += (logits.argmax(1).view(self.k, -1) == y).sum(1)
-        loss = losses.detach().double()
+        if self.per_step:
+            self._add_on_host(losses.tolist(), b)
+        else:
+            self._add_on_device(losses.detach().double(), b)
+
+    def _add_on_host(self, values: List[float], b: int) -> None:
+        for m, v in enumerate(values):
+            if not self.optimizer.alive_host[m]:
+                continue
+            if self.limits[m] is None:
+                self.limits[m] = v * self.factor
+            if v <= self.limits[m]:
+                self.host_sums[m] += v * b
+            else:                                           # `not <=` also catches NaN
+                self.optimizer.freeze(m)                    # before the backward: this step leaves it as it was
+                self.new.append((m, self.host_step, v))
+        self.host_step += 1
+
+    def _add_on_device(self, loss, b: int) -> None:
+        import torch
+
         if self.limit is None:                              # the first step (eager, never inside a graph)
             self.limit = loss * self.factor
         alive = self.optimizer.alive > 0
-        bad = ~(loss <= self.limit) & alive                 # `not <=` also catches NaN
+        bad = ~(loss <= self.limit) & alive
         first = bad & (self.bad_step < 0)
         self.bad_step.copy_(torch.where(first, self.step, self.bad_step))
         self.bad_loss.copy_(torch.where(first, loss, self.bad_loss))
-        self.any_bad.copy_(bad.any())
         self.optimizer.alive.mul_((~bad).to(self.optimizer.alive.dtype))
         torch.mul(self.optimizer.lr, self.optimizer.alive, out=self.optimizer.neg_lr).neg_()
         self.loss_sum += torch.where(alive & ~bad, loss * b, torch.zeros_like(self.loss_sum))
         self.step += 1
 
-    def events(self, epoch: int) -> List[Tuple[int, int, int, float]]:
-        """The members that diverged and were not reported yet, as (member, epoch, step, loss);
-        the optimizer's host copy of who is alive follows."""
+    def drain(self, epoch: int) -> List[Tuple[int, int, int, float]]:
+        """CPU, after every step: the members that diverged in it, as (member, epoch, step, loss)."""
+        new, self.new = self.new, []
+        return [(m, epoch, s, v) for m, s, v in new]
+
+    def finish(self, epoch: int) -> List[Tuple[int, int, int, float]]:
+        """End of the epoch (the GPU's one sync): members that diverged in it."""
+        if self.per_step:
+            return self.drain(epoch)
         steps, losses = self.bad_step.tolist(), self.bad_loss.tolist()
         self.optimizer.alive_host = self.optimizer.alive.tolist()
+        self.limits = self.limit.tolist() if self.limit is not None else self.limits
         new = [(m, epoch, s, losses[m]) for m, s in enumerate(steps) if s >= 0 and m not in self.reported]
         self.reported |= {m for m, *_ in new}
         return new
 
-    def drain(self, epoch: int) -> List[Tuple[int, int, int, float]]:
-        """CPU, after every step: one flag read; the members that diverged in this step."""
-        return self.events(epoch) if bool(self.any_bad) else []
-
-    def finish(self, epoch: int) -> List[Tuple[int, int, int, float]]:
-        """End of the epoch (the GPU's one sync): members that diverged in it."""
-        return self.events(epoch)
-
     def means(self, n: int) -> Tuple[List[float], List[float]]:
-        return [s / n for s in self.loss_sum.tolist()], [c / n for c in self.correct.tolist()]
+        sums = self.host_sums if self.per_step else self.loss_sum.tolist()
+        return [s / n for s in sums], [c / n for c in self.correct.tolist()]
 
     def limit_of(self, m: int) -> Optional[float]:
-        return None if self.limit is None else float(self.limit[m])
+        return self.limits[m]
 
 
 class _GraphStep:

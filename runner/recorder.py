@@ -40,7 +40,8 @@ class Recorder:
         """Add this step's .grad (and its square) to the epoch's sums: two foreach ops."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.members.leaves]
         torch._foreach_add_(self.grad_sums, grads)
-        torch._foreach_addcmul_(self.square_sums, grads, grads)
+        if self.cfg.diagnostics:
+            torch._foreach_addcmul_(self.square_sums, grads, grads)
 
     def reset(self) -> None:
         torch._foreach_zero_(self.grad_sums)
@@ -66,10 +67,12 @@ class Recorder:
             grads = [g.view(v.shape) for g, v in zip(torch._foreach_div(self.grad_sums, float(steps)), values)]
             first_grad = len(rows)
             for i, (n, g) in enumerate(zip(m.names, grads)):
-                # mean over steps of ||g_step - mean||^2 = sum(g_step^2)/steps - ||mean||^2 (sums over elements)
-                step_var = (self.square_sums[i].double().reshape(k, -1).sum(1) / steps
-                            - g.double().reshape(k, -1).square().sum(1)).clamp(min=0)
-                extra[len(rows)] = ("step_var", step_var)
+                if self.cfg.diagnostics:
+                    # mean over steps of ||g_step - mean||^2 = sum(g_step^2)/steps - ||mean||^2, in float64
+                    # (the sums of squares accumulate in float32: a relative error ~1e-7 x steps)
+                    step_var = (self.square_sums[i].double().reshape(k, -1).sum(1) / steps
+                                - g.double().reshape(k, -1).square().sum(1)).clamp(min=0)
+                    extra[len(rows)] = ("step_var", step_var)
                 rows.append((n, "grad", None, g))
                 stat_of.append(len(stat_of))
             for i, info in enumerate(m.tie_map.params):
@@ -84,7 +87,7 @@ class Recorder:
                         extra[len(rows)] = ("cos_grad", torch.ones(k, dtype=torch.float64, device=g.device))
                         rows.append((info.canonical, "grad_site", site, g))
                         stat_of.append(stat_of[first_grad + i])
-            if self.previous is not None:
+            if self.previous is not None and self.cfg.diagnostics:
                 for n, v, prev in zip(m.names, values, self.previous):
                     rows.append((n, "update", None, v - prev))
                     stat_of.append(len(stat_of))
