@@ -30,22 +30,32 @@ class Recorder:
         self.layers = list(layers)
         # Sums over the epoch's steps, shaped like the leaves the optimizer steps.
         self.grad_sums = [torch.zeros_like(p) for p in members.leaves]
-        # Elementwise sums of squared step gradients: step_var = sum(g^2)/steps - ||mean g||^2, per member.
-        self.square_sums = [torch.zeros_like(p) for p in members.leaves]
+        # Sums of each step's squared gradient norms, (K, tensors) float64: step_var = that / steps -
+        # ||mean g||^2 per member and tensor. A single run takes them from one fused norm per step;
+        # an ensemble, whose tensors hold all members, from elementwise squares (members' rows apart).
+        self.square_norms = torch.zeros(members.k, len(members.leaves), dtype=torch.float64,
+                                        device=members.params[0].device)
+        self.square_sums = [torch.zeros_like(p) for p in members.leaves] if members.k > 1 else None
         self.previous: Optional[List[torch.Tensor]] = None   # values at the previous snapshot epoch
         self.previous_epoch = -1
 
     # ---------------------------------------------------------------- per step
     def accumulate(self) -> None:
-        """Add this step's .grad (and its square) to the epoch's sums: two foreach ops."""
+        """Add this step's .grad (and its squared norm) to the epoch's sums: a few foreach ops."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.members.leaves]
         torch._foreach_add_(self.grad_sums, grads)
-        if self.cfg.diagnostics:
+        if not self.cfg.diagnostics:
+            return
+        if self.square_sums is None:                      # one member: one fused norm of every tensor
+            self.square_norms[0] += torch.stack(torch._foreach_norm(grads)).double().square()
+        else:
             torch._foreach_addcmul_(self.square_sums, grads, grads)
 
     def reset(self) -> None:
         torch._foreach_zero_(self.grad_sums)
-        torch._foreach_zero_(self.square_sums)
+        self.square_norms.zero_()
+        if self.square_sums is not None:
+            torch._foreach_zero_(self.square_sums)
         if self.members.site_sums:
             torch._foreach_zero_(list(self.members.site_sums.values()))
 
@@ -68,10 +78,10 @@ class Recorder:
             first_grad = len(rows)
             for i, (n, g) in enumerate(zip(m.names, grads)):
                 if self.cfg.diagnostics:
-                    # mean over steps of ||g_step - mean||^2 = sum(g_step^2)/steps - ||mean||^2, in float64
-                    # (the sums of squares accumulate in float32: a relative error ~1e-7 x steps)
-                    step_var = (self.square_sums[i].double().reshape(k, -1).sum(1) / steps
-                                - g.double().reshape(k, -1).square().sum(1)).clamp(min=0)
+                    # mean over steps of ||g_step - mean||^2 = sum ||g_step||^2 / steps - ||mean||^2
+                    squares = self.square_norms[:, i] if self.square_sums is None \
+                        else self.square_sums[i].double().reshape(k, -1).sum(1)
+                    step_var = (squares / steps - g.double().reshape(k, -1).square().sum(1)).clamp(min=0)
                     extra[len(rows)] = ("step_var", step_var)
                 rows.append((n, "grad", None, g))
                 stat_of.append(len(stat_of))
