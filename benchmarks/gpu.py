@@ -20,6 +20,38 @@ def epoch_min(*overrides, epochs=4):
     return min(info["epoch_times_s"][1:]), info
 
 
+def ensemble_graphs(epochs: int = 3) -> dict:
+    """Seed-preset ensembles as CUDA graphs: 16 and 64 members (seeds x lrs), statistics snapshots;
+    per run-epoch time, and 16 members against the same jobs one after another (eager, one model)."""
+    import tempfile
+
+    from runner.engine import run, run_members
+
+    out = {}
+    for k in (16, 64):
+        cfgs = [make_cfg("device=cuda", "experiment=seed_sharing", f"trainer.epochs={epochs}", "trainer.compile=true",
+                         "snapshot.tensors=false", f"seed={i // 4}", f"optim.lr={(0.02, 0.05, 0.1, 0.2)[i % 4]}")
+                for i in range(k)]
+        with tempfile.TemporaryDirectory() as d:
+            infos = run_members(cfgs, [Path(d) / str(i) for i in range(k)], ensemble=True).infos
+        epoch = min(infos[0]["epoch_times_s"][1:])
+        out[f"{k}_members"] = {"s_per_epoch": round(epoch, 4), "ms_per_run_epoch": round(1000 * epoch / k, 2)}
+        print(f"ensemble of {k}, CUDA graph, stats snapshots: {epoch * 1000:.1f} ms/epoch = "
+              f"{1000 * epoch / k:.2f} ms per run-epoch (target <= 3 ms at 64)", flush=True)
+    alone = []
+    for cfg in cfgs[:16]:
+        with tempfile.TemporaryDirectory() as d:
+            info = run(make_cfg("device=cuda", "experiment=seed_sharing", f"trainer.epochs={epochs}",
+                                "snapshot.tensors=false", f"seed={cfg.seed}", f"optim.lr={cfg.optim.lr}"),
+                       Path(d) / "r")
+        alone.append(min(info["epoch_times_s"][1:]))
+    ratio = sum(alone) / out["16_members"]["s_per_epoch"]
+    out["16_vs_one_after_another"] = round(ratio, 1)
+    print(f"16 jobs one after another (eager): {sum(alone) * 1000:.0f} ms per epoch summed; as one graphed "
+          f"ensemble: {ratio:.1f}x faster (target >= 10x)", flush=True)
+    return out
+
+
 def main() -> dict:
     import torch
 
@@ -54,11 +86,12 @@ def main() -> dict:
     import subprocess
     import sys
 
+    out["ensembles"] = ensemble_graphs()
     r = subprocess.run([sys.executable, str(Path(__file__).parent / "ensemble_speedup.py"), "--device", "cuda",
                         "--epochs", "3"], capture_output=True, text=True)
     print(r.stdout.strip().splitlines()[0] if r.returncode == 0 else r.stderr[-1500:])
     if r.returncode == 0:
-        out["ensemble_16_jobs"] = json.loads(r.stdout.strip().splitlines()[-1])
+        out["lr_dropout_grid_18_jobs"] = json.loads(r.stdout.strip().splitlines()[-1])
     print(json.dumps(out))
     return out
 

@@ -22,7 +22,7 @@ def main() -> dict:
     p.add_argument("--epochs", type=int, default=15)
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        seq = time_sweep(SWEEP + [f"trainer.epochs={a.epochs}"], Path(d) / "seq")
+        seq = time_sweep(SWEEP + [f"trainer.epochs={a.epochs}", "hydra/launcher=basic"], Path(d) / "seq")
         par = time_sweep(SWEEP + [f"trainer.epochs={a.epochs}", "hydra/launcher=joblib"], Path(d) / "par")
     result = {"jobs": 8, "epochs": a.epochs, "sequential_s": round(seq, 1), "joblib_s": round(par, 1),
               "speedup": round(seq / par, 2)}
