@@ -63,14 +63,22 @@ def test_user_errors_one_line(args, message, data_root, capsys, monkeypatch):
         message.endswith(": ") and err.startswith(f"paramlab: error: {message}"))
 
 
-def test_device_cuda_without_gpu(data_root, capsys):
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_device_cuda_without_gpu(data_root, capsys, device):
     import torch
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(SystemExit):
-        guard("train", [f"data.root={data_root}", "device=cuda"])
-    assert capsys.readouterr().err == ("paramlab: error: device=cuda but no CUDA GPU is available here; "
+        guard("train", [f"data.root={data_root}", f"device={device}"])
+    assert capsys.readouterr().err == (f"paramlab: error: device={device} but no CUDA GPU is available here; "
                                        "use device=auto or device=cpu\n")
+
+
+def test_device_name_checked(data_root, capsys):
+    with pytest.raises(SystemExit):
+        guard("train", [f"data.root={data_root}", "device=gpu0"])
+    assert capsys.readouterr().err == ("paramlab: error: device='gpu0' is not allowed; choose one of: auto, cpu, "
+                                       "cuda, cuda:N\n")
 
 
 def test_missing_dataset_names_the_command(tmp_path, capsys, monkeypatch):

@@ -91,3 +91,24 @@ def test_every_yaml_composes():
             cfg = compose(config_name="config", overrides=o)
         check_schema(cfg)
         validate(cfg)
+
+
+def test_job_dirs_are_one_to_one(monkeypatch):
+    """Values that read the same once made file names (`/a/b`, `/a_b`) get distinct directories."""
+    from runner.paths import job_dir
+    monkeypatch.setenv("PARAMLAB_SWEEP_KEYS", '["data.root"]')
+    a, b = job_dir(["data.root=/a/b"]), job_dir(["data.root=/a_b"])
+    assert a != b and a.startswith("data.root=_a_b~") and b.startswith("data.root=_a_b~")
+    assert job_dir(["optim.lr=0.1"]) == "optim.lr=0.1"  # a safe name stays as it is (no hash)
+    assert sweep_dir(None, ["data.root=/a/b"]) != sweep_dir(None, ["data.root=/a_b"])
+
+
+def test_parallel_jobs_spread_over_gpus(monkeypatch):
+    import torch
+    from runner.sweep import job_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [job_device("auto", i) for i in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert job_device("cpu", 3) == "cpu" and job_device("cuda:1", 0) == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert job_device("cuda", 5) == "cuda"
