@@ -83,3 +83,21 @@ def test_frozen_member_does_not_move():
         (params[0] * torch.arange(1.0, 5.0)).sum().backward()
         opt.step()
     assert torch.equal(params[0][1], torch.ones(4)) and not torch.equal(params[0][0], torch.ones(4))
+
+
+def test_adam_step_count_on_the_device_matches_the_host_path():
+    """A GPU keeps Adam's step count on the device (so a step can be a CUDA graph); the same
+    code on the CPU gives torch.optim's results up to float32 rounding of the bias corrections."""
+    results = []
+    for on_device in (False, True):
+        torch.manual_seed(0)
+        p = torch.randn(3, 5, requires_grad=True)
+        opt = Optimizer([p], [OmegaConf.create({"name": "adam", "lr": 0.01, "weight_decay": 0.0})] * 3, "cpu",
+                        on_device_step=on_device)
+        for step in range(4):
+            opt.zero_grad()
+            (p * torch.arange(15.0).view(3, 5) * (step + 1)).sum().backward()
+            opt.step()
+        results.append(p.detach().clone())
+        assert opt.member_state(0)["t"] == 4
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
