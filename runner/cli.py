@@ -289,7 +289,9 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
     plan = Plan(multirun, jobs, [], base, swept, overrides, argv)
     if multirun:
         from .paths import sweep_dir
+        from .sweep import MASTER_PID
 
+        os.environ[MASTER_PID] = str(os.getpid())  # workers exit when this process is gone
         # Read by the directory resolvers in every job, in this process or a worker process.
         os.environ["PARAMLAB_SWEEP_TOTAL"] = str(len(jobs))
         os.environ["PARAMLAB_SWEEP_KEYS"] = __import__("json").dumps(swept)
@@ -354,8 +356,9 @@ def task(cfg: DictConfig) -> Optional[dict]:
     from hydra.types import RunMode
 
     from .engine import run_members
-    from .sweep import job_device, job_threads, mark_failed
+    from .sweep import job_device, job_threads, mark_failed, watch_master
 
+    watch_master()   # in a joblib worker: exit if the command is killed
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)

@@ -126,7 +126,9 @@ def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):
     """One ensemble (in this process or a worker): ([run.json per member] or None, error line)."""
     from .config import UserError
     from .engine import one_line, run_members
+    from .sweep import watch_master
 
+    watch_master()
     if threads:
         import torch
 

@@ -190,7 +190,31 @@ def mark_failed() -> None:
 
 # ------------------------------------------------------------------------------------ workers
 
+MASTER_PID = "PARAMLAB_MASTER_PID"
+_WATCHING: list = []
+
+
+def watch_master() -> None:
+    """In a worker process: exit as soon as the command that started it is gone (killed), so no
+    orphan keeps training and holding run directories; the runs it had continue from their
+    checkpoints when the command runs again. Idempotent; nothing in the command's own process."""
+    master = int(os.environ.get(MASTER_PID) or 0)
+    if not master or master == os.getpid() or _WATCHING:
+        return
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == master:
+            time.sleep(0.2)
+        os._exit(1)
+
+    _WATCHING.append(threading.Thread(target=watch, name="paramlab-watch-master", daemon=True))
+    _WATCHING[0].start()
+
+
 def _warm_worker() -> int:
+    watch_master()
     import torch  # noqa: F401  (the import is the point: ~3 s per fresh process)
 
     from . import engine  # noqa: F401

@@ -131,3 +131,31 @@ def test_killed_ensemble_sweep_resumes_bit_identical(tmp_path, data_root):
     for job in job_runs(tmp_path / "s"):
         assert job["status"] == "completed" and job["ensemble"]["size"] == 4
         _same(tmp_path / "s" / job["_dir"], tmp_path / "whole" / job["_dir"])
+
+
+def test_killing_the_command_stops_its_workers_and_the_sweep_continues(tmp_path, data_root):
+    """Two ensembles train side by side in worker processes; SIGKILL to the command (not to its
+    workers) must not leave them training and holding the run directories: the same command,
+    started right away, continues the sweep."""
+    sweep = tmp_path / "s"
+    cmd = [sys.executable, "-m", "runner.train", "-m", "sharing=none,all_hidden", "optim.lr=0.05,0.1",
+           f"data.root={data_root}", "trainer.epochs=200", "trainer.progress=false", "device=cpu",
+           "snapshot.tensors=false", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(sweep.glob("*/metrics/epoch-0002.parquet"))) < 4:
+        assert proc.poll() is None and time.time() < deadline, "the sweep did not get going"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.5)  # the workers notice within 0.2 s
+    # The same command again (no lock held by an orphan): it continues every job from its checkpoint.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while proc.poll() is None and time.time() < deadline and \
+            sum(1 for j in job_runs(sweep) if j.get("resumed")) < 4:
+        time.sleep(0.1)
+    proc.kill()
+    out, err = proc.communicate()
+    assert "being written by another paramlab command" not in err, err
+    assert sum(1 for j in job_runs(sweep) if j.get("resumed")) == 4
