@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -34,11 +35,39 @@ class EnsembleLauncherConf:
     n_jobs: int = -1
 
 
+@dataclass
+class PlannedSweeperConf:
+    """Hydra's basic sweeper (the same `params`), without its second composition of every job."""
+    _target_: str = "hydra_plugins.paramlab_ensemble_launcher.ensemble_launcher.PlannedSweeper"
+    max_batch_size: Optional[int] = None
+    params: Optional[Dict[str, str]] = None
+
+
 def register() -> None:
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(group="hydra/launcher", name="ensemble", node=EnsembleLauncherConf,
-                                 provider="paramlab")
+    store = ConfigStore.instance()
+    store.store(group="hydra/launcher", name="ensemble", node=EnsembleLauncherConf, provider="paramlab")
+    store.store(group="hydra/sweeper", name="paramlab", node=PlannedSweeperConf, provider="paramlab")
+
+
+class PlannedSweeperBase(Sweeper):
+    """Hydra's basic sweeper, minus `validate_batch_is_legal`: that composes every job's config
+    once more (~60 ms each: seconds for a seeded grid) only to find mistakes the command's own
+    checks (runner.cli.guard) have already ruled out for every job before any started. (It wraps
+    a BasicSweeper rather than subclassing it: Hydra's plugin scan may load that class twice.)"""
+
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None) -> None:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        self.inner = BasicSweeper(max_batch_size=max_batch_size, params=params)
+        self.inner.validate_batch_is_legal = lambda batch: None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.inner.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]):
+        return self.inner.sweep(arguments)
 
 
 class EnsembleLauncherBase(Launcher):
