@@ -1,9 +1,7 @@
 """Helpers shared by the benchmarks: compose the real config, time epochs of run()."""
 from __future__ import annotations
 
-import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,16 +19,6 @@ register_configs()
 def make_cfg(*overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=["trainer.progress=false", *overrides])
-
-
-def epoch_seconds(*overrides: str, epochs: int = 3, skip_first: bool = True) -> float:
-    """Median seconds per epoch of paramlab's run() (training, validation and snapshot included)."""
-    from runner.engine import run
-
-    with tempfile.TemporaryDirectory() as d:
-        info = run(make_cfg(f"trainer.epochs={epochs}", *overrides), Path(d) / "run")
-    times = info["epoch_times_s"][1:] if skip_first and len(info["epoch_times_s"]) > 1 else info["epoch_times_s"]
-    return statistics.median(times)
 
 
 def dir_size(path: Path) -> int:

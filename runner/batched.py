@@ -28,7 +28,7 @@ calls told apart by order: the k-th call in a forward is attributed to its k-th 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F

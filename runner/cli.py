@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import UserError, plain_config, register_configs
+from .config import UserError, register_configs
 from .launcher import register as register_launcher
 from .paths import register_resolvers
 

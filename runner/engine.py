@@ -255,7 +255,6 @@ class _Group:
         import torch
         import torch.nn.functional as F
 
-        from . import checkpoint
         from .batched import Members, check_batchable
         from .model import activation_paths
         from .optim import Optimizer

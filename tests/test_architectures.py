@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from runner import snapshot
-from runner.batched import Members, check_batchable
-from runner.config import UserError
+from runner.batched import Members
 from runner.engine import build, run
 
 from conftest import run_cli

@@ -334,9 +334,13 @@ def has_values(df, column: str) -> bool:
     return column in df and df[column].notna().any()
 
 
-def panel_grid(n: int, ncols: int = 3):
-    rows = max(1, math.ceil(n / ncols))
-    return rows, min(ncols, max(n, 1))
+def panels(items, panel_height: float, width: float = 14, ncols: int = 3):
+    """One panel per item on a grid of `ncols` columns, cells left over hidden:
+    (figure, [(axes, item), ...])."""
+    nrow = max(1, math.ceil(len(items) / ncols))
+    fig, axes = subplots(nrow, min(ncols, max(len(items), 1)), width, panel_height * nrow + 1.8)
+    hide_unused(axes, len(items))
+    return fig, list(zip([ax for row in axes for ax in row], items))
 
 
 def hide_unused(axes, used: int) -> None:

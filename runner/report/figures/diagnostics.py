@@ -49,16 +49,13 @@ def update_ratio(exp, out: Path) -> Optional[str]:
     if not names:
         return None
     aliases = C.tied_aliases(exp)
-    nrow, ncol = C.panel_grid(len(names))
-    fig, axes = C.subplots(nrow, ncol, 14, 2.9 * nrow + 1.8)
-    for k, name in enumerate(names):
-        ax = axes[k // ncol][k % ncol]
+    fig, cells = C.panels(names, 2.9)
+    for ax, name in cells:
         C.draw_groups(ax, exp, ratio[ratio.name == name], "ratio", log=True)
         ax.axhline(GUIDE_RATIO, color="black", ls=":", lw=1)
         ax.set_title(C.param_title(name, aliases), fontsize=8.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel("|update| / |weights| per step")
-    C.hide_unused(axes, len(names))
     from matplotlib.lines import Line2D
 
     C.suptitle(fig, "Update-to-weight ratio per optimizer step: change since the previous snapshot over the weights' "
@@ -77,10 +74,8 @@ def site_cosine(exp, out: Path) -> Optional[str]:
 
     names = C.param_names(tied)
     aliases = C.tied_aliases(exp)
-    nrow, ncol = C.panel_grid(len(names))
-    fig, axes = C.subplots(nrow, ncol, 14, 3.0 * nrow + 1.8)
-    for k, name in enumerate(names):
-        ax = axes[k // ncol][k % ncol]
+    fig, cells = C.panels(names, 3.0)
+    for ax, name in cells:
         styles = ["-"] + C.SITE_STYLES
         for j, site in enumerate(tied[name]):
             C.draw_groups(ax, exp, rows[(rows.name == name) & (rows.site == site)], "cos_grad", log=False,
@@ -92,7 +87,6 @@ def site_cosine(exp, out: Path) -> Optional[str]:
         ax.set_title(C.param_title(name, aliases), fontsize=8.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel("cos(site's mean grad, total grad)")
-    C.hide_unused(axes, len(names))
     C.suptitle(fig, "Tied tensors: cosine between each call site's mean gradient and the tensor's gradient")
     C.legend(fig, exp, only={exp.runs[i].group for i in rows.run.unique()})
     return C.save(fig, out, "site_cosine")
@@ -121,18 +115,15 @@ def noise_scale(exp, out: Path) -> Optional[str]:
     if not len(b):
         return None
     layers = sorted(set(b.layer) - {ALL}, key=C.natural)[:11] + [ALL]
-    nrow, ncol = C.panel_grid(len(layers))
-    fig, axes = C.subplots(nrow, ncol, 14, 2.9 * nrow + 1.8)
+    fig, cells = C.panels(layers, 2.9)
     batches = sorted({int(x) for x in batch if np.isfinite(x)})
-    for k, layer in enumerate(layers):
-        ax = axes[k // ncol][k % ncol]
+    for ax, layer in cells:
         C.draw_groups(ax, exp, b[b.layer == layer], "noise_scale", log=True)
         for bs in batches[:3]:
             ax.axhline(bs, color="black", ls=":", lw=0.8)
         ax.set_title(layer if layer == ALL else f"layer {layer}", fontsize=8.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel("B_simple (examples)")
-    C.hide_unused(axes, len(layers))
     from matplotlib.lines import Line2D
 
     C.suptitle(fig, "Gradient noise scale B_simple = batch size x step variance / |mean grad|^2 (log; group geometric means)")

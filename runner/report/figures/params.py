@@ -45,10 +45,8 @@ def grads(exp, out: Path) -> Optional[str]:
     aliases = C.tied_aliases(exp)
     tied = C.tied_sites(p)
     site_rows = C.tied_site_rows(p)
-    nrow, ncol = C.panel_grid(len(names))
-    fig, axes = C.subplots(nrow, ncol, 14, 3.0 * nrow + 1.8)
-    for k, name in enumerate(names):
-        ax = axes[k // ncol][k % ncol]
+    fig, cells = C.panels(names, 3.0)
+    for ax, name in cells:
         C.draw_groups(ax, exp, g[g.name == name], "norm", log=True)
         if name in tied:
             for j, site in enumerate(tied[name]):  # sites only for the coloured groups
@@ -61,7 +59,6 @@ def grads(exp, out: Path) -> Optional[str]:
         ax.set_title(C.param_title(name, aliases), fontsize=8.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel("L2 norm of mean gradient")
-    C.hide_unused(axes, len(names))
     title = "Gradient norms per epoch (log scale; group geometric means)"
     if tied:
         title += "; tied parameters: solid = total, dashed/dotted = each call site's share"
