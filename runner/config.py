@@ -195,7 +195,12 @@ def _validate_model(m: Any) -> None:
         if widths is None or len(widths) == 0:
             example = "model.channels=[16,16,16]" if key == "channels" else "model.hidden=[8,8,8]"
             raise UserError(f"model.{key} is empty; give at least one width, e.g. {example}")
+        if not isinstance(widths, (list, tuple, ListConfig)):
+            raise UserError(f"model.{key}={widths} must be a list of widths, e.g. model.{key}=[8,8,8]")
         for w in widths:
+            if isinstance(w, bool) or not isinstance(w, int):
+                raise UserError(f"model.{key} has {OmegaConf.to_container(w) if OmegaConf.is_config(w) else w!r}; "
+                                f"every width must be a whole number, e.g. model.{key}=[8,8,8]")
             if w < 1:
                 raise UserError(f"model.{key}={list(widths)} has width {w}; every width must be >= 1")
     dropout_list(m)
