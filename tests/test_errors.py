@@ -29,6 +29,8 @@ CASES = [
                                   "layer); give one float or one per dropout layer"),
     (["model.hidden=[]"], "model.hidden is empty; give at least one width, e.g. model.hidden=[8,8,8]"),
     (["model.hidden=[8,0,8]"], "model.hidden=[8, 0, 8] has width 0; every width must be >= 1"),
+    (["model.hidden=[[net.4,net.7]]"], "model.hidden has ['net.4', 'net.7']; every width must be a whole number, "
+     "e.g. model.hidden=[8,8,8]"),
     (["model.activation=swish"], "model.activation='swish' is not allowed; choose one of: relu, tanh, gelu, sigmoid"),
     (["trainer.epochs=0"], "trainer.epochs=0 must be >= 1"),
     (["data.batch_size=0"], "data.batch_size=0 must be >= 1, e.g. data.batch_size=256"),
