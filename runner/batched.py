@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import UserError
+from .config import UserError, one_line
 from .sharing import SiteTap, TieMap
 
 
@@ -56,7 +56,6 @@ class Members:
         else:
             self.leaves = self.params = [t.requires_grad_() for t in stacked]
         # What the optimizer steps (leaves) and what snapshots record ((K, *shape), canonical order).
-        self.by_name = dict(zip(self.names, self.params))
         self.leaf_by_name = dict(zip(self.names, self.leaves))
         self.canonical = {a: p.canonical for p in tie_map.params for a in p.aliases}
         self.tied = {p.canonical for p in tie_map.params if p.tied}
@@ -81,14 +80,19 @@ class Members:
     def forward(self, x: torch.Tensor, groups: Sequence[Tuple[int, int]]) -> torch.Tensor:
         """x: (G*B, ...) rows, group g's batch in rows g*B..; groups[g] = (first, last + 1) member of
         group g (members of a group are consecutive). Returns (K*B, ...) member-major outputs."""
-        if list(groups) != self.groups:
-            self.groups = list(groups)
-            index = [g for g, (s, e) in enumerate(self.groups) for _ in range(s, e)]
-            self.member_group = torch.tensor(index, dtype=torch.long, device=self.device)
+        self.set_groups(groups)
         self.batch = x.shape[0] // len(self.groups)
         for module in self.reused:                        # call counters of modules at several paths
             module.__dict__["calls"] = 0
         return self.to_members(self.model(x))
+
+    def set_groups(self, groups: Sequence[Tuple[int, int]]) -> torch.Tensor:
+        """Make `groups` current; returns member_group: (K,) each member's group."""
+        if list(groups) != self.groups:
+            self.groups = list(groups)
+            index = [g for g, (s, e) in enumerate(self.groups) for _ in range(s, e)]
+            self.member_group = torch.tensor(index, dtype=torch.long, device=self.device)
+        return self.member_group
 
     def shared(self, x: torch.Tensor) -> bool:
         """True when x holds one batch per group of members (G < K), not one per member."""
@@ -372,21 +376,25 @@ class VmapModule(_Batched):
             stacked[name] = torch.stack([t.get_buffer(full) for t in templates]).to(members.device)
             members.buffers[full] = stacked[name]
         self.__dict__["stacked_buffers"] = stacked
+        # Per path of this module: [(its parameter names owned by one submodule, that call site's plan)].
+        self.vmap_plans = [self._plans(prefix) for prefix in sites]
+
+    def _plans(self, prefix: str) -> List[Tuple[List[str], tuple]]:
+        m = self.members
+        by_site: Dict[str, List[str]] = {}
+        for name in self.names:
+            full = f"{prefix}.{name}" if prefix else name
+            by_site.setdefault(full.rpartition(".")[0], []).append(name)
+        return [(names, m.plan(site, [m.canonical[f"{prefix}.{n}" if prefix else n] for n in names]))
+                for site, names in by_site.items()]
 
     def forward(self, *args, **kwargs):
         from torch.func import functional_call, vmap
 
         m = self.members
-        prefix = self.sites[self.site()]
-        by_site: Dict[str, List[str]] = {}
-        for name in self.names:
-            full = f"{prefix}.{name}" if prefix else name
-            by_site.setdefault(full.rpartition(".")[0], []).append(name)
         params: Dict[str, torch.Tensor] = {}
-        for site, names in by_site.items():
-            full = [f"{prefix}.{n}" if prefix else n for n in names]
-            tensors = m.read(m.plan(site, [m.canonical[f] for f in full]), stacked=True)
-            params.update(zip(names, tensors))
+        for names, plan in self.vmap_plans[self.site()]:
+            params.update(zip(names, m.read(plan, stacked=True)))
         self.inner.train(self.training)
         tensor_args = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
         rows = [m.member_view(args[i]) for i in tensor_args]
@@ -413,10 +421,8 @@ def _batch_modules(members: Members, templates: Sequence[nn.Module]):
     its batched twin (every path of a reused object gets the same twin). Returns (root, twins)."""
     model = templates[0]
     paths: Dict[int, List[str]] = {}
-    objects: Dict[int, nn.Module] = {}
     for path, module in model.named_modules(remove_duplicate=False):
         paths.setdefault(id(module), []).append(path)
-        objects[id(module)] = module
     twins: Dict[int, nn.Module] = {}
     inside_vmap: List[str] = []
     for path, module in model.named_modules(remove_duplicate=False):
@@ -448,8 +454,7 @@ def check_batchable(members: Members) -> None:
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"model forward on a (2, 1, 28, 28) batch failed: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise UserError(f"model forward on a (2, 1, 28, 28) batch failed: {one_line(e)}") from None
     if tuple(out.shape) != (2 * members.k, 10):
         shape = (2, *out.shape[1:]) if out.shape[0] == 2 * members.k else tuple(out.shape)
         raise UserError(f"the model maps a (2, 1, 28, 28) batch to shape {tuple(shape)}; it must return (B, 10) "

@@ -10,6 +10,7 @@ else is a bug: exit code 1, one line naming a file that holds the traceback.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import UserError, register_configs
+from .config import UserError, one_line, register_configs
 from .launcher import register as register_launcher
 from .paths import register_resolvers
 
@@ -40,22 +41,16 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def report_bug(error: BaseException, log_dir: Optional[Path] = None) -> None:
+def report_bug(error: BaseException) -> None:
     """A bug, not the user's mistake: the traceback into a file, one line naming it, exit 1."""
     text = "".join(traceback.format_exception(error))
     try:
-        if log_dir is not None and Path(log_dir).is_dir():
-            path = Path(log_dir) / "error.log"
-            path.write_text(text)
-        else:
-            fd, name = tempfile.mkstemp(prefix="paramlab-error-", suffix=".log")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            path = Path(name)
+        fd, name = tempfile.mkstemp(prefix="paramlab-error-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        path: Optional[Path] = Path(name)
     except OSError:
         path = None
-    from .engine import one_line
-
     where = f"traceback in {path}" if path else "traceback could not be written"
     fail(f"internal error ({one_line(error)}); this is a bug in paramlab, not in your command; {where}", code=1)
 
@@ -196,17 +191,18 @@ def _first_value(o) -> str:
 
 def check_job(cfg, checked_data: dict, need_data: bool = True) -> None:
     """Every check that can fail on a user mistake, short of training."""
-    from . import data
     from .config import check_schema, validate
     from .engine import build, resolve_device
 
     check_schema(cfg)
     validate(cfg)
-    root = str(cfg.data.root)
-    if need_data and root not in checked_data:
-        data.locate(root)
-        checked_data[root] = data.dataset_size(root)
     if need_data:
+        from . import data
+
+        root = str(cfg.data.root)
+        if root not in checked_data:
+            data.locate(root)
+            checked_data[root] = data.dataset_size(root)
         data.check_limit(cfg.data.limit, checked_data[root])
     resolve_device(cfg.device)
     if cfg.model.name == "custom":
@@ -245,9 +241,8 @@ class Plan:
     """What guard() found: the jobs and where they go."""
 
     def __init__(self, multirun: bool, jobs: List[List[str]], configs: List[DictConfig], base: DictConfig,
-                 swept: List[str], command: List[str], argv: List[str]):
-        self.multirun, self.jobs, self.configs, self.base, self.swept = multirun, jobs, configs, base, swept
-        self.command, self.argv = command, argv
+                 argv: List[str]):
+        self.multirun, self.jobs, self.configs, self.base, self.argv = multirun, jobs, configs, base, argv
 
 
 def guard(command: str, argv: Optional[List[str]] = None, on_expanded=None) -> Optional[Plan]:
@@ -286,15 +281,14 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
     multirun, jobs, base, swept = expand_jobs(overrides, multirun)
     if command != "train":
         multirun, jobs = False, jobs[:1]
-    plan = Plan(multirun, jobs, [], base, swept, overrides, argv)
+    plan = Plan(multirun, jobs, [], base, argv)
     if multirun:
         from .paths import sweep_dir
         from .sweep import MASTER_PID
 
         os.environ[MASTER_PID] = str(os.getpid())  # workers exit when this process is gone
         # Read by the directory resolvers in every job, in this process or a worker process.
-        os.environ["PARAMLAB_SWEEP_TOTAL"] = str(len(jobs))
-        os.environ["PARAMLAB_SWEEP_KEYS"] = __import__("json").dumps(swept)
+        os.environ["PARAMLAB_SWEEP_KEYS"] = json.dumps(swept)
         command_overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
         os.environ["PARAMLAB_SWEEP_DIR"] = sweep_dir(base.sweep.resume, command_overrides)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
@@ -313,7 +307,7 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
             cfg = COMPOSER.compose(job) if multirun else base
             check_job(cfg, checked_data, need_data=command == "train")
             if command == "train":
-                run_dir = _job_dir(cfg) if multirun else target
+                run_dir = job_dir(cfg) if multirun else target
                 check_run_dir(cfg, run_dir, f"job directory {run_dir}" if multirun else f"hydra.run.dir={run_dir}")
         except Exception as e:
             if not is_user_error(e):
@@ -326,26 +320,25 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
         from .sweep import write_sweep_json
 
         write_sweep_json(target, [o for o in argv if o not in ("-m", "--multirun")],
-                         [{"dir": _job_dir(c).name, "overrides": list(j)} for c, j in zip(plan.configs, jobs)])
+                         [{"dir": job_dir(c).name, "overrides": list(j)} for c, j in zip(plan.configs, jobs)])
     return plan
 
 
 _HELD: list = []
 
 
-def _job_dir(cfg) -> Path:
+def job_dir(cfg) -> Path:
+    """A sweep job's run directory (its config composed with Hydra's node)."""
     return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
 
 
 # ------------------------------------------------------------------------------------ the task
 
-def outcome_line(info: dict, label: str, sweep_dir: Optional[Path] = None) -> str:
+def outcome_line(info: dict, label: str, progress: Optional[str] = None) -> str:
     """`paramlab: completed <overrides>: val_acc=..., 10/10 epochs, 3.1 s [k/N done]`."""
-    from .sweep import progress
-
     final = info.get("final") or {}
     acc = f"val_acc={final['val_acc']:.4f}" if final else "no completed epoch"
-    done = f" [{progress(sweep_dir)}]" if sweep_dir is not None else ""
+    done = f" [{progress}]" if progress is not None else ""
     return (f"paramlab: {info['status']} {label}: {acc}, {info['epochs_completed']}/{info['epochs']} epochs, "
             f"{info.get('wall_time_s') or 0:.1f} s{done}")
 
@@ -356,7 +349,7 @@ def task(cfg: DictConfig) -> Optional[dict]:
     from hydra.types import RunMode
 
     from .engine import run_members
-    from .sweep import job_device, job_threads, mark_failed, watch_master
+    from .sweep import job_device, job_threads, progress, refresh_sweep_json, watch_master
 
     watch_master()   # in a joblib worker: exit if the command is killed
     hc = HydraConfig.get()
@@ -371,38 +364,31 @@ def task(cfg: DictConfig) -> Optional[dict]:
         torch.set_num_threads(threads)
         OmegaConf.update(cfg, "device", job_device(str(cfg.device), int(hc.job.num)), merge=False)
     print(f"paramlab: start {label} -> {run_dir}", flush=True)
+    counts = None
     try:
         result = run_members([cfg], [run_dir], [overrides])
     except UserError as e:
         print(f"paramlab: error: {e}", file=sys.stderr, flush=True)
         if multirun:
-            mark_failed()
             return None
         sys.exit(2)
     except BaseException as e:
-        print(f"paramlab: failed {label}: {_one_line(e)} (traceback in {run_dir / 'error.log'})",
+        print(f"paramlab: failed {label}: {one_line(e)} (traceback in {run_dir / 'error.log'})",
               file=sys.stderr, flush=True)
         if multirun:
             return None
         sys.exit(1)
+    finally:
+        if multirun:                # in whichever process ran the job
+            counts = refresh_sweep_json(run_dir.parent)
     info = result.infos[0]
-    if multirun:
-        from .sweep import refresh_sweep_json
-
-        refresh_sweep_json(run_dir.parent)
-    print(outcome_line(info, label, run_dir.parent if multirun else None), flush=True)
+    print(outcome_line(info, label, progress(counts) if multirun else None), flush=True)
     if info["status"] != "completed" and not multirun:
         where = f" (traceback in {run_dir / 'error.log'})" if info["status"] == "failed" else ""
         print(f"paramlab: run {info['status']}: {info['error']}{where}", file=sys.stderr, flush=True)
         if info["status"] == "failed":
             sys.exit(1)
     return info
-
-
-def _one_line(e: BaseException) -> str:
-    from .engine import one_line
-
-    return one_line(e)
 
 
 def main() -> None:
@@ -427,21 +413,19 @@ def _parallel_workers(plan: Plan) -> int:
     """How many worker processes the command's launcher will use (to warm them up early)."""
     if not plan.multirun:
         return 0
+    from .sweep import MEMBER_KEYS, worker_count
+
     launcher = str(plan.base.hydra.launcher.get("_target_", ""))
-    cores = os.cpu_count() or 1
+    n_jobs = plan.base.hydra.launcher.get("n_jobs")
     if "joblib" in launcher:
-        n_jobs = plan.base.hydra.launcher.get("n_jobs", -1) or -1
-        return min(len(plan.jobs), cores if n_jobs < 0 else n_jobs)
+        return worker_count(n_jobs, len(plan.jobs))
     if "Ensemble" in launcher:
         # Jobs that differ in more than member keys (lr, seed, ...) are separate ensembles; the
         # configs are not composed yet, so count the distinct other overrides.
-        from .sweep import MEMBER_KEYS
-
         def key(o: str) -> str:
             return o.split("=", 1)[0].lstrip("+~")
 
         groups = {tuple(sorted(o for o in job if key(o) not in MEMBER_KEYS)) for job in plan.jobs}
-        n_jobs = plan.base.hydra.launcher.get("n_jobs", -1)
-        n = min(len(groups), cores if n_jobs is None or n_jobs < 0 else n_jobs)
+        n = worker_count(n_jobs, len(groups))
         return n if n > 1 else 0
     return 0

@@ -26,6 +26,17 @@ class UserError(Exception):
     """A mistake in the user's config or command: printed as one line, exit code 2."""
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as one line: `Type: first line of its message` (an OSError: its strerror and file)."""
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    if isinstance(e, OSError) and e.strerror:
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{type(e).__name__}: {e.strerror}{where}"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip()
+
+
 @dataclass
 class ModelConfig:
     name: str = "mlp"
@@ -192,11 +203,11 @@ def _validate_model(m: Any) -> None:
     key = WIDTH_KEY.get(m.name)
     if key:
         widths = m.get(key)
-        if widths is None or len(widths) == 0:
+        if widths is not None and not isinstance(widths, (list, tuple, ListConfig)):
+            raise UserError(f"model.{key}={widths} must be a list of widths, e.g. model.{key}=[8,8,8]")
+        if not widths:
             example = "model.channels=[16,16,16]" if key == "channels" else "model.hidden=[8,8,8]"
             raise UserError(f"model.{key} is empty; give at least one width, e.g. {example}")
-        if not isinstance(widths, (list, tuple, ListConfig)):
-            raise UserError(f"model.{key}={widths} must be a list of widths, e.g. model.{key}=[8,8,8]")
         for w in widths:
             if isinstance(w, bool) or not isinstance(w, int):
                 raise UserError(f"model.{key} has {OmegaConf.to_container(w) if OmegaConf.is_config(w) else w!r}; "

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
-from .config import UserError, check_schema, plain_config, re_device, validate
+from .config import UserError, check_schema, one_line, plain_config, re_device, validate
 
 # Config keys that do not change a run's results: a run directory may be continued with other values.
 IGNORED_FOR_RESUME = (("sweep",), ("trainer", "progress"))
@@ -80,6 +80,10 @@ def load_data(cfg, device):
     return _DATA_CACHE[key]
 
 
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
 def _now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -95,9 +99,10 @@ def comparable(config: dict) -> dict:
     return c
 
 
-def read_run_json(run_dir: Path) -> Optional[dict]:
+def read_json(path: Path) -> Optional[dict]:
+    """A JSON file (run.json, sweep.json), or None if it is missing or not whole."""
     try:
-        with open(Path(run_dir) / "run.json") as f:
+        with open(path) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
@@ -108,12 +113,13 @@ def check_run_dir(cfg, run_dir: Path, label: Optional[str] = None) -> Optional[d
     process; else its run.json (None if it has none). Creates nothing."""
     from .lock import check_unlocked
 
-    existing = read_run_json(run_dir)
-    if existing is not None and comparable(existing.get("config") or {}) != comparable(plain_config(cfg)):
-        differ = _differences(comparable(existing.get("config") or {}), comparable(plain_config(cfg)))
-        raise UserError(f"{label or f'run directory {run_dir}'} holds a run with another config ({differ}); "
-                        "continue it with its own "
-                        f"config, give this run another directory, or delete {run_dir} to start over")
+    existing = read_json(Path(run_dir) / "run.json")
+    if existing is not None:
+        old, new = comparable(existing.get("config") or {}), comparable(plain_config(cfg))
+        if old != new:
+            raise UserError(f"{label or f'run directory {run_dir}'} holds a run with another config "
+                            f"({_differences(old, new)}); continue it with its own config, give this run "
+                            f"another directory, or delete {run_dir} to start over")
     check_unlocked(run_dir, "run directory")
     return existing
 
@@ -156,7 +162,7 @@ class Result:
 
 
 def run_members(cfgs: Sequence, run_dirs: Sequence, overrides: Optional[Sequence[Sequence[str]]] = None,
-                ensemble: bool = False, keep_model: bool = False, log=None) -> Result:
+                ensemble: bool = False, keep_model: bool = False) -> Result:
     """Train runs that share an architecture together (an ensemble; or one run). Runs already
     completed are left as they are; killed or failed ones continue from their checkpoint.
     User mistakes raise UserError before anything is written."""
@@ -164,7 +170,6 @@ def run_members(cfgs: Sequence, run_dirs: Sequence, overrides: Optional[Sequence
 
     from .lock import DirLock
 
-    log = log or (lambda line: print(line, flush=True))
     n = len(cfgs)
     run_dirs = [Path(d) for d in run_dirs]
     overrides = [list(o) for o in overrides] if overrides is not None else [[] for _ in cfgs]
@@ -180,10 +185,11 @@ def run_members(cfgs: Sequence, run_dirs: Sequence, overrides: Optional[Sequence
 
         pending, templates, starts = [], {}, {}
         for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
-            existing = read_run_json(run_dir)
+            # Read again: another process may have finished it while this one imported torch.
+            existing = read_json(run_dir / "run.json")
             if existing is not None and existing.get("status") == "completed":
                 result.infos[i] = existing   # left as it is: not even locked
-                log(f"paramlab: skip {run_dir.name}: already completed in {run_dir}; left as it is")
+                _log(f"paramlab: skip {run_dir.name}: already completed in {run_dir}; left as it is")
                 continue
             locks.append(DirLock(run_dir, "run directory").acquire())
             starts[i] = checkpoint.load(run_dir) if existing is not None else None
@@ -197,7 +203,7 @@ def run_members(cfgs: Sequence, run_dirs: Sequence, overrides: Optional[Sequence
             parts.setdefault((start, _signature(*templates[i])), []).append(i)
         for part in parts.values():
             _Group([cfgs[i] for i in part], [run_dirs[i] for i in part], [overrides[i] for i in part],
-                   [starts[i] for i in part], [templates[i] for i in part], device, ensemble, log
+                   [starts[i] for i in part], [templates[i] for i in part], device, ensemble
                    ).train(result, part, keep_model)
     finally:
         for lock in locks:
@@ -238,7 +244,7 @@ def _dropout_seed(seed: int) -> int:
 class _Group:
     """K members (sorted by seed, so members sharing a batch order sit side by side) trained as one."""
 
-    def __init__(self, cfgs, run_dirs, overrides, starts, templates, device, ensemble: bool, log):
+    def __init__(self, cfgs, run_dirs, overrides, starts, templates, device, ensemble: bool):
         order = sorted(range(len(cfgs)), key=lambda i: int(cfgs[i].seed))
         self.order = order
         self.cfgs = [cfgs[i] for i in order]
@@ -246,7 +252,7 @@ class _Group:
         self.overrides = [overrides[i] for i in order]
         self.starts = [starts[i] for i in order]
         self.templates = [templates[i] for i in order]
-        self.device, self.ensemble, self.log = device, ensemble, log
+        self.device, self.ensemble = device, ensemble
         self.k = len(cfgs)
         self.infos: List[dict] = []
         self.errors: Dict[int, BaseException] = {}      # member -> the exception it failed with
@@ -274,7 +280,7 @@ class _Group:
         optimizer = Optimizer(members.leaves, [c.optim for c in self.cfgs], device,
                               on_device_step=device.type == "cuda")
         generators = [torch.Generator(device=device).manual_seed(seeds[s]) for s, _ in groups]
-        member_group = torch.tensor([g for g, (s, e) in enumerate(groups) for _ in range(s, e)], device=device)
+        member_group = members.set_groups(groups).clone()         # (K,): each member's seed group
         snap = cfg0.snapshot
         n_act = min(int(snap.activation_batch), int(dataset.test_y.shape[0]))
         recorder = Recorder(members, snap, dataset.test_x[:n_act], layers) if snap.enabled else None
@@ -390,7 +396,7 @@ class _Group:
             info["resumed"] = list(info.get("resumed") or []) + [{"from_epoch": start, "at": _now()}]
             _clear_tables_after(run_dir, start)
             shutil.rmtree(run_dir / "compact", ignore_errors=True)  # rewritten when the run ends
-            self.log(f"paramlab: resuming {run_dir} after epoch {start} of {int(cfg.trainer.epochs)}")
+            _log(f"paramlab: resuming {run_dir} after epoch {start} of {int(cfg.trainer.epochs)}")
         else:
             snapshot.clear_tables(run_dir)  # a run restarted into its old directory starts clean
             info = {"paramlab_version": __version__, "run_id": run_dir.name, "status": "running",
@@ -512,7 +518,7 @@ class _Group:
             infos[m]["diverged"] = {"epoch": epoch, "step": step, "loss": loss, "detail": detail}
             infos[m]["error"] = f"diverged at {detail}"
             if self.k > 1:
-                self.log(f"paramlab: ensemble member {self.run_dirs[m].name} diverged at {detail}")
+                _log(f"paramlab: ensemble member {self.run_dirs[m].name} diverged at {detail}")
         return bool(events)
 
     def _finish_all(self, status, t_start: float) -> None:
@@ -686,8 +692,7 @@ class _Totals:
         first = bad & (self.bad_step < 0)
         self.bad_step.copy_(torch.where(first, self.step, self.bad_step))
         self.bad_loss.copy_(torch.where(first, loss, self.bad_loss))
-        self.optimizer.alive.mul_((~bad).to(self.optimizer.alive.dtype))
-        torch.mul(self.optimizer.lr, self.optimizer.alive, out=self.optimizer.neg_lr).neg_()
+        self.optimizer.freeze_where(bad)
         self.loss_sum += torch.where(alive & ~bad, loss * b, torch.zeros_like(self.loss_sum))
         self.step += 1
 
@@ -790,13 +795,3 @@ def export_model(cfg, members, m: int):
             if name in buffers:
                 buffers[name].copy_(b[m])
     return model.to(members.device)
-
-
-def one_line(e: BaseException) -> str:
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted (KeyboardInterrupt)"
-    if isinstance(e, OSError) and e.strerror:
-        where = f" ({e.filename})" if e.filename else ""
-        return f"{type(e).__name__}: {e.strerror}{where}"
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".strip()

@@ -8,11 +8,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from .config import register_configs
-from .paths import register_resolvers
-
-register_resolvers()
-register_configs()
+from .cli import CONF_DIR, guard  # registers paramlab's configs, resolvers and launcher
 
 
 def table(cfg: DictConfig) -> str:
@@ -45,8 +41,6 @@ def _task(cfg: DictConfig) -> None:
 
 def main() -> None:
     import hydra
-
-    from .cli import CONF_DIR, guard
 
     guard("inspect")
     # A single "run" that writes nothing: no output directory, no .hydra folder.

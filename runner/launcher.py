@@ -83,9 +83,9 @@ class EnsembleLauncherBase(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hydra.core.utils import configure_log, setup_globals
 
-        from .cli import COMPOSER, outcome_line
+        from .cli import COMPOSER, job_dir, outcome_line
         from .config import plain_config, without_hydra
-        from .sweep import group_jobs, job_device, refresh_sweep_json
+        from .sweep import group_jobs, job_device, progress, refresh_sweep_json, worker_count
 
         setup_globals()
         assert self.config is not None
@@ -100,11 +100,11 @@ class EnsembleLauncherBase(Launcher):
             with open_dict(cfg):
                 cfg.hydra.job.num = initial_job_idx + offset
                 cfg.hydra.job.id = f"{cfg.hydra.job.name}_{initial_job_idx + offset}"
-            jobs.append((list(overrides), cfg, Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)))
+            jobs.append((list(overrides), cfg, job_dir(cfg)))
         plains = [plain_config(cfg) for _, cfg, _ in jobs]
         groups = group_jobs(plains, self.max_members)
         cores = os.cpu_count() or 1
-        workers = min(len(groups), cores if self.n_jobs < 0 else self.n_jobs)
+        workers = worker_count(self.n_jobs, len(groups))
         threads = max(1, cores // max(workers, 1))
         sizes = "+".join(str(len(g)) for g in groups)
         side = f", {workers} side by side ({threads} thread{'s' * (threads > 1)} each)" if workers > 1 else ""
@@ -122,13 +122,13 @@ class EnsembleLauncherBase(Launcher):
 
         def done(members: List[int], outcome) -> None:
             results, error = outcome
-            refresh_sweep_json(sweep_dir)
+            done_text = progress(refresh_sweep_json(sweep_dir))
             if error:
                 print(f"paramlab: {error}", flush=True)
             for i, info in zip(members, results or [None] * len(members)):
                 infos[i] = info
                 if info is not None:
-                    print(outcome_line(info, jobs[i][2].name, sweep_dir), flush=True)
+                    print(outcome_line(info, jobs[i][2].name, done_text), flush=True)
 
         if workers > 1:
             from concurrent.futures import as_completed
@@ -153,8 +153,8 @@ class EnsembleLauncherBase(Launcher):
 
 def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):
     """One ensemble (in this process or a worker): ([run.json per member] or None, error line)."""
-    from .config import UserError
-    from .engine import one_line, run_members
+    from .config import UserError, one_line
+    from .engine import run_members
     from .sweep import watch_master
 
     watch_master()

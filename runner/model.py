@@ -20,7 +20,7 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
-from .config import UserError, dropout_list, model_kwargs
+from .config import UserError, dropout_list, model_kwargs, one_line
 
 IN_FEATURES = 28 * 28
 N_CLASSES = 10
@@ -142,9 +142,8 @@ def import_target(target: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # ImportError, or the user's module failing on import
-        raise UserError(f"model._target_={target!r}: cannot import {module_name} ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}); run from the folder that holds it or put "
-                        "it on PYTHONPATH") from None
+        raise UserError(f"model._target_={target!r}: cannot import {module_name} ({one_line(e)}); "
+                        "run from the folder that holds it or put it on PYTHONPATH") from None
     if not hasattr(module, attr):
         raise UserError(f"model._target_={target!r}: module {module_name} has no attribute {attr!r}")
     return getattr(module, attr)
@@ -165,7 +164,7 @@ def build_custom(model_cfg) -> nn.Module:
         model = factory(**kwargs)
     except Exception as e:
         raise UserError(f"model._target_={target}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: "
-                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                        f"{one_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model._target_={target} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -185,12 +184,13 @@ def build_model(model_cfg) -> nn.Module:
     name = model_cfg.name
     if name == "custom":
         return build_custom(model_cfg)
+    hidden = [int(h) for h in model_cfg.get("hidden") or ()]
     if name == "mlp":
-        return MLP([int(h) for h in model_cfg.hidden], dropout_list(model_cfg), model_cfg.activation)
+        return MLP(hidden, dropout_list(model_cfg), model_cfg.activation)
     if name == "nest_mlp":
-        return NestMLP([int(h) for h in model_cfg.hidden], model_cfg.activation)
+        return NestMLP(hidden, model_cfg.activation)
     if name == "rgnet":
-        return RGNet([int(h) for h in model_cfg.hidden], model_cfg.activation)
+        return RGNet(hidden, model_cfg.activation)
     if name == "lenet":
         return LeNet(model_cfg.activation)
     if name == "cnn":

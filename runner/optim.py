@@ -61,6 +61,15 @@ class Optimizer:
     def freeze(self, member: int) -> None:
         self.alive_host[member] = 0.0
         self.alive[member] = 0.0
+        self._update_neg_lr()
+
+    def freeze_where(self, bad: torch.Tensor) -> None:
+        """Freeze the members where the (K,) bool tensor `bad` is true, on the device (no host read;
+        `alive_host` catches up when the loop reads `alive` at the end of the epoch)."""
+        self.alive.mul_((~bad).to(self.alive.dtype))
+        self._update_neg_lr()
+
+    def _update_neg_lr(self) -> None:
         torch.mul(self.lr, self.alive, out=self.neg_lr).neg_()
 
     def zero_grad(self) -> None:

@@ -53,9 +53,6 @@ class TieMap:
         return [{"canonical": p.canonical, "aliases": p.aliases, "call_sites": p.call_sites,
                  "shape": list(p.shape), "numel": p.numel} for p in self.params if p.tied]
 
-    def by_name(self) -> Dict[str, ParamInfo]:
-        return {p.canonical: p for p in self.params}
-
 
 def build_tie_map(model: nn.Module) -> TieMap:
     """Group every parameter path by the tensor it points to."""

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.experimental.callback import Callback
 
 from .config import UserError
+from .engine import comparable, read_json
 
 SWEEP_JSON = "sweep.json"
 _STATE = {"failed": 0}
@@ -32,17 +33,14 @@ def write_sweep_json(sweep_dir: Path, command: Sequence[str], jobs: Sequence[dic
 
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_json(sweep_dir / SWEEP_JSON, {"sweep_dir": str(sweep_dir), "overrides": list(command),
-                                        "n_jobs": len(jobs), "jobs": [dict(j) for j in jobs]})
-    refresh_sweep_json(sweep_dir)
+    record = {"sweep_dir": str(sweep_dir), "overrides": list(command), "n_jobs": len(jobs),
+              "jobs": [dict(j) for j in jobs]}
+    _fill_statuses(sweep_dir, record)
+    write_json(sweep_dir / SWEEP_JSON, record)
 
 
 def read_sweep_json(sweep_dir: Path) -> Optional[dict]:
-    try:
-        with open(Path(sweep_dir) / SWEEP_JSON) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return read_json(Path(sweep_dir) / SWEEP_JSON)
 
 
 def refresh_sweep_json(sweep_dir: Path) -> Dict[str, int]:
@@ -54,14 +52,7 @@ def refresh_sweep_json(sweep_dir: Path) -> Dict[str, int]:
     record = read_sweep_json(sweep_dir)
     if record is None:
         return {}
-    counts: Dict[str, int] = {}
-    for job in record["jobs"]:
-        info = _read_json(sweep_dir / job["dir"] / "run.json") or {}
-        final = info.get("final") or {}
-        job.update(status=info.get("status", "pending"), epochs_completed=info.get("epochs_completed"),
-                   val_acc=final.get("val_acc"), error=info.get("error"))
-        counts[job["status"]] = counts.get(job["status"], 0) + 1
-    record["counts"] = counts
+    counts = _fill_statuses(sweep_dir, record)
     try:
         write_json(sweep_dir / SWEEP_JSON, record)
     except OSError:
@@ -69,28 +60,33 @@ def refresh_sweep_json(sweep_dir: Path) -> Dict[str, int]:
     return counts
 
 
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+def _fill_statuses(sweep_dir: Path, record: dict) -> Dict[str, int]:
+    """Each job's status, epochs, val_acc and error from its run.json, and the counts, into `record`."""
+    counts: Dict[str, int] = {}
+    for job in record["jobs"]:
+        info = read_json(sweep_dir / job["dir"] / "run.json") or {}
+        final = info.get("final") or {}
+        job.update(status=info.get("status", "pending"), epochs_completed=info.get("epochs_completed"),
+                   val_acc=final.get("val_acc"), error=info.get("error"))
+        counts[job["status"]] = counts.get(job["status"], 0) + 1
+    record["counts"] = counts
+    return counts
 
 
 def job_runs(sweep_dir: Path) -> List[dict]:
     """run.json of every job directory directly under a sweep directory (`_dir`: its name)."""
     out = []
     for run_json in sorted(Path(sweep_dir).glob("*/run.json")):
-        info = _read_json(run_json) or {"status": "unreadable"}
+        info = read_json(run_json) or {"status": "unreadable"}
         info["_dir"] = run_json.parent.name
         out.append(info)
     return out
 
 
-def progress(sweep_dir: Path) -> str:
-    record = read_sweep_json(sweep_dir) or {"jobs": []}
-    done = sum(1 for j in record["jobs"] if j.get("status") in ("completed", "diverged", "failed"))
-    return f"{done}/{len(record['jobs'])} done"
+def progress(counts: Dict[str, int]) -> str:
+    """`k/N done` from sweep.json's status counts (refresh_sweep_json's return)."""
+    done = sum(counts.get(s, 0) for s in ("completed", "diverged", "failed"))
+    return f"{done}/{sum(counts.values())} done"
 
 
 def resume_argv(argv: Sequence[str], resume: str) -> List[str]:
@@ -114,15 +110,21 @@ def resume_argv(argv: Sequence[str], resume: str) -> List[str]:
 
 # ------------------------------------------------------------------------------------ jobs
 
+def worker_count(n_jobs: Optional[int], tasks: int) -> int:
+    """Processes running `tasks` side by side under a launcher's `n_jobs`, joblib's way: n >= 1
+    that many, -1 (or null, 0) one per core, -2 all cores but one, ...; never more than the tasks."""
+    cores = os.cpu_count() or 1
+    n = int(n_jobs or -1)
+    return max(1, min(tasks, n if n > 0 else cores + 1 + n))
+
+
 def job_threads(hydra_cfg) -> Optional[int]:
     """Torch threads for a job run by the joblib launcher, so jobs x threads <= cores."""
     launcher = hydra_cfg.launcher
     if "joblib" not in str(launcher.get("_target_", "")):
         return None
     cores = os.cpu_count() or 1
-    n_jobs = launcher.get("n_jobs", -1) or -1
-    jobs = cores + 1 + n_jobs if n_jobs < 0 else n_jobs
-    return max(1, cores // max(1, jobs))
+    return max(1, cores // worker_count(launcher.get("n_jobs"), cores))
 
 
 def job_device(device: str, job_index: int) -> str:
@@ -136,9 +138,10 @@ def job_device(device: str, job_index: int) -> str:
 
 
 def group_key(plain: dict) -> str:
-    """Jobs whose configs are equal but for MEMBER_KEYS can train as one ensemble."""
-    c = json.loads(json.dumps(plain))
-    for key in MEMBER_KEYS + ("sweep", "trainer.progress"):
+    """Jobs whose configs are equal but for MEMBER_KEYS (and the keys that do not change results)
+    can train as one ensemble."""
+    c = comparable(plain)
+    for key in MEMBER_KEYS:
         node, *rest = key.split(".")
         (c.get(node, {}) if rest else c).pop(rest[0] if rest else node, None)
     return json.dumps(c, sort_keys=True)
@@ -157,35 +160,21 @@ def group_jobs(plains: Sequence[dict], max_members: int) -> List[List[int]]:
 # ------------------------------------------------------------------------------------ callback
 
 class SweepCallback(Callback):
-    """Refreshes sweep.json after every job (in whichever process ran it) and at the end of a
-    multirun, prints the summary and remembers whether any job failed, for the exit code."""
-
-    def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
-        try:
-            from hydra.core.hydra_config import HydraConfig
-            from hydra.types import RunMode
-
-            if HydraConfig.get().mode == RunMode.MULTIRUN:
-                refresh_sweep_json(Path(str(config.hydra.sweep.dir)))
-        except Exception:
-            pass  # bookkeeping only
+    """At the end of a multirun: refreshes sweep.json, prints the summary and remembers whether
+    any job did not complete, for the exit code (each job refreshes sweep.json itself when it
+    ends, in whichever process ran it)."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         counts = refresh_sweep_json(sweep_dir)
-        record = read_sweep_json(sweep_dir) or {"jobs": []}
         pending = counts.get("pending", 0) + counts.get("running", 0)
         _STATE["failed"] = counts.get("failed", 0) + pending
         print(f"paramlab: sweep {sweep_dir}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-              + f" ({len(record['jobs'])} jobs)", flush=True)
+              + f" ({sum(counts.values())} jobs)", flush=True)
 
 
 def sweep_exit_code() -> int:
     return 1 if _STATE["failed"] else 0
-
-
-def mark_failed() -> None:
-    _STATE["failed"] += 1
 
 
 # ------------------------------------------------------------------------------------ workers

@@ -23,7 +23,7 @@ register_configs()
 @pytest.fixture(autouse=True)
 def _no_sweep_env(monkeypatch):
     """guard() sets these for Hydra's job resolvers; in-process tests must not leak them."""
-    for name in ("PARAMLAB_SWEEP_DIR", "PARAMLAB_SWEEP_KEYS", "PARAMLAB_SWEEP_TOTAL", "PARAMLAB_MASTER_PID"):
+    for name in ("PARAMLAB_SWEEP_DIR", "PARAMLAB_SWEEP_KEYS", "PARAMLAB_MASTER_PID"):
         monkeypatch.delenv(name, raising=False)
 
 
