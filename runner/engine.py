@@ -609,13 +609,13 @@ def _has(model, path: str) -> bool:
 
 def _clear_tables_after(run_dir: Path, epoch: int) -> None:
     """Remove table files of epochs after `epoch` (written before a kill, not yet checkpointed)."""
-    from .snapshot import TABLES
+    from .snapshot import TABLES, epoch_files, epoch_of
 
     for table in TABLES:
-        folder = Path(run_dir) / table
-        for f in folder.glob("epoch-*.parquet") if folder.is_dir() else []:
-            if int(f.stem.split("-")[1]) > epoch:
+        for f in epoch_files(run_dir, table):
+            if epoch_of(f) > epoch:
                 f.unlink()
+        folder = Path(run_dir) / table
         for f in folder.glob(".*") if folder.is_dir() else []:
             f.unlink()
 

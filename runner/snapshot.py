@@ -1,5 +1,4 @@
-"""Run-directory storage: atomic one-file-per-epoch Parquet tables, run.json, readers, and the
-on-device tensor statistics that fill the `params/` table.
+"""Run-directory storage: atomic one-file-per-epoch Parquet tables, run.json, and readers.
 
 Layout of a run directory (see the README for every column):
     run.json                      status, config, counts, tie groups, final metrics, timings
@@ -147,9 +146,19 @@ def compact_file(run_dir: str | os.PathLike, table: str) -> Path:
 
 
 def epoch_files(run_dir: str | os.PathLike, table: str) -> List[Path]:
-    """The whole epoch files of one table, in epoch order (hidden temp files left out)."""
+    """The whole epoch files of one table, in epoch order (hidden temp files left out; one
+    listdir, as a report over many runs calls this for every run and table)."""
     folder = Path(run_dir) / table
-    return sorted(folder.glob("epoch-*.parquet")) if folder.is_dir() else []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return [folder / n for n in sorted(n for n in names if n.startswith("epoch-") and n.endswith(".parquet"))]
+
+
+def epoch_of(path: Path) -> int:
+    """The epoch an epoch file holds (`epoch-0007.parquet` -> 7)."""
+    return int(Path(path).name[6:-8])
 
 
 def compact_run(run_dir: str | os.PathLike) -> List[Path]:
@@ -189,8 +198,7 @@ def read_tensors(run_dir, epoch: Optional[int] = None, name: Optional[str] = Non
                  kind: Optional[str] = None) -> List[dict]:
     """Full tensors as dicts {epoch, name, kind, site, array} with `array` a numpy float32
     array of the stored shape. Filters are optional."""
-    folder = Path(run_dir) / "tensors"
-    files = [epoch_file(run_dir, "tensors", epoch)] if epoch is not None else sorted(folder.glob("epoch-*.parquet"))
+    files = [epoch_file(run_dir, "tensors", epoch)] if epoch is not None else epoch_files(run_dir, "tensors")
     out = []
     for f in files:
         if not f.is_file():
@@ -206,76 +214,3 @@ def read_tensors(run_dir, epoch: Optional[int] = None, name: Optional[str] = Non
             out.append({"epoch": t.column("epoch")[i].as_py(), "name": names[i], "kind": kinds[i],
                         "site": t.column("site")[i].as_py(), "array": np.array(values).reshape(shape)})
     return out
-
-
-# --------------------------------------------------------------------------- statistics
-
-def tensor_stats(tensors: Sequence["torch.Tensor"], bins: int = 64, sample: int = 4096) -> Dict[str, np.ndarray]:
-    """Statistics of many tensors, computed on their device with a fixed handful of whole-tensor
-    reductions each (no per-element Python), one host sync for the histogram ranges, and one
-    copy of all results to the host at the end.
-
-    Non-finite elements are counted in n_nonfinite and left out of every other statistic.
-    std is the population std. The histogram has `bins` equal bins between the tensor's finite
-    min and max (min == max: one unit wide). Quantiles are exact on an evenly strided sample of
-    `sample` elements of each tensor (every element, when the tensor is smaller).
-    """
-    import torch
-
-    flats = [t.detach().reshape(-1).float() for t in tensors]
-    device = flats[0].device
-    # Pass 1 (batched): finite counts and ranges, fetched together in one sync.
-    n_finite = torch.stack([torch.isfinite(f).sum() for f in flats])
-    numels = torch.tensor([f.numel() for f in flats], device=device)
-    has_bad = (n_finite != numels).tolist()
-    flats = [f[torch.isfinite(f)] if bad else f for f, bad in zip(flats, has_bad)]
-    empty = torch.full((2,), float("nan"), device=device)
-    ranges = torch.stack([torch.stack(torch.aminmax(f)) if f.numel() else empty for f in flats])  # (n, 2)
-    lo_hi = ranges.tolist()
-
-    rows, hists, samples = [], [], []
-    q_index = torch.arange(sample, device=device)
-    for f, (lo, hi) in zip(flats, lo_hi):
-        if f.numel() == 0:
-            rows.append(torch.full((4,), float("nan"), dtype=torch.float64, device=device))
-            hists.append(torch.zeros(bins, device=device))
-            samples.append(torch.full((sample,), float("nan"), device=device))
-            continue
-        var, mean = torch.var_mean(f, correction=0)
-        rows.append(torch.stack([mean.double(), var.double().sqrt(), torch.linalg.vector_norm(f).double(),
-                                 (f == 0).sum().double()]))
-        if not hi > lo:
-            hi = lo + 1.0
-        hists.append(torch.histc(f, bins=bins, min=lo, max=hi))
-        samples.append(f[(q_index * f.numel()) // sample])
-    stats = torch.stack(rows)                                                  # (n, 4)
-    q = torch.quantile(torch.stack(samples), torch.tensor(QUANTILES, device=device), dim=1)  # (len(Q), n)
-    host = torch.cat([stats, q.t().double(), ranges.double(), numels[:, None].double()], dim=1).cpu().numpy()
-    hist = torch.stack(hists).cpu().numpy().astype(np.int64)
-
-    k = 4 + len(QUANTILES)  # columns of `host`: 4 stats, the quantiles, lo, hi, numel
-    numel = host[:, k + 2].astype(np.int64)
-    lo, hi = host[:, k], host[:, k + 1]
-    top = np.where(hi > lo, hi, lo + 1.0)
-    out = {"mean": host[:, 0], "std": host[:, 1], "norm": host[:, 2], "min": lo, "max": hi,
-           "frac_zero": host[:, 3] / np.maximum(numel, 1), "numel": numel,
-           "n_nonfinite": numel - n_finite.cpu().numpy().astype(np.int64)}
-    for j, c in enumerate(QUANTILE_COLUMNS):
-        out[c] = host[:, 4 + j]
-    out["hist_counts"] = hist
-    out["hist_edges"] = lo[:, None] + (top - lo)[:, None] * np.linspace(0.0, 1.0, bins + 1)[None, :]
-    return out
-
-
-def tensors_columns(epoch: int, rows: Sequence[tuple]) -> dict:
-    """Columns of the `tensors` table from rows (name, kind, site, tensor), built without
-    per-element Python: one float32 buffer plus list offsets."""
-    import torch
-
-    arrays = [t.detach().float().reshape(-1) for *_, t in rows]
-    flat = torch.cat(arrays).cpu().numpy() if arrays else np.zeros(0, np.float32)
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
-    np.cumsum([a.numel() for a in arrays], out=offsets[1:])
-    values = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.float32()))
-    return {"epoch": [epoch] * len(rows), "name": [r[0] for r in rows], "kind": [r[1] for r in rows],
-            "site": [r[2] for r in rows], "shape": [list(r[3].shape) for r in rows], "values": values}

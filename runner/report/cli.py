@@ -26,7 +26,7 @@ def build_report(paths: Sequence[str | os.PathLike], out: Optional[str | os.Path
     out = Path(out) if out else default_out(paths)
     out.mkdir(parents=True, exist_ok=True)
     runs = stats.runs_table(exp)
-    exp.groups_table = groups = stats.groups_table(exp)
+    groups = exp.groups_table
     comparisons = stats.comparisons_table(exp)
     stats.save(runs, out, "runs")
     stats.save(groups, out, "groups")

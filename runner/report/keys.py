@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 # Config keys that never distinguish runs (paths, progress bars, evaluation chunking).
 IGNORED_KEYS = ("data.root", "trainer.progress", "sweep.resume", "data.eval_batch_size")
@@ -99,8 +99,9 @@ def option_brought_keys(flats: Sequence[Dict[str, object]], keys: Iterable[str])
     return out
 
 
-def axis_keys(flats: Sequence[Dict[str, object]]) -> List[str]:
-    keys = [k for k in varying_keys(flats) if k != SEED]
+def axis_keys(flats: Sequence[Dict[str, object]], keys: Optional[Sequence[str]] = None) -> List[str]:
+    """The varying keys but seed (`keys`, when the caller has them) less those an option brings."""
+    keys = [k for k in varying_keys(flats) if k != SEED] if keys is None else list(keys)
     brought = set(option_brought_keys(flats, keys))
     return [k for k in keys if k not in brought]
 
@@ -118,5 +119,10 @@ def reference_value(values: Sequence[object]):
     return sorted(values, key=value_order)[0]
 
 
+def term(key: str, value) -> str:
+    """`optim.lr=0.1`: a config key and a value as labels, tables and sentences show them."""
+    return f"{column_name(key)}={format_value(value)}"
+
+
 def label(flat: Dict[str, object], keys: Sequence[str]) -> str:
-    return ", ".join(f"{column_name(k)}={format_value(flat.get(k))}" for k in keys)
+    return ", ".join(term(k, flat.get(k)) for k in keys)

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import snapshot
 from . import keys as K
+from .stats import groups_table
 
 STATUS_LABEL = {"running": "incomplete"}
 COMPLETED = "completed"
@@ -114,7 +115,7 @@ class Experiment:
     params: object = None       # DataFrame: run + COLUMNS["params"]
     activations: object = None  # DataFrame: run + COLUMNS["activations"]
     runs_frame: object = None   # DataFrame, one row per run: run, group, status, completed, finals, batch_size
-    groups_table: object = None  # stats.groups_table(), row i = group i (set by build_report)
+    groups_table: object = None  # stats.groups_table(), row i = group i (set by load)
     compact_used: Dict[str, int] = field(default_factory=dict)
 
     def done(self, group: Group) -> List[Run]:
@@ -168,7 +169,7 @@ def _design(runs: List[Run]) -> Experiment:
     flats = [r.flat for r in runs if r.flat] or [{}]
     varying = K.varying_keys(flats)
     group_keys = [k for k in varying if k != K.SEED]
-    axes = K.axis_keys(flats)
+    axes = K.axis_keys(flats, group_keys)
     index: Dict[tuple, Group] = {}
     for r in runs:
         key = K.group_key(r.flat, group_keys)
@@ -192,14 +193,6 @@ def _design(runs: List[Run]) -> Experiment:
 
 
 # ----------------------------------------------------------------------------- tables
-
-def _epoch_numbers(folder: Path) -> List[int]:
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return []
-    return sorted(int(n[6:-8]) for n in names if n.startswith("epoch-") and n.endswith(".parquet"))
-
 
 def _scan(table: str, files: List[str], owners: List[int]):
     """Rows of `files` (one table's schema) as a DataFrame with a `run` column from `owners`."""
@@ -241,14 +234,13 @@ def read_tables(exp: Experiment) -> None:
                 owners.append(r.index)
                 compacted.append(r.index)
             else:
-                for e in _epoch_numbers(r.path / table):
-                    files.append(str(snapshot.epoch_file(r.path, table, e)))
+                for f in snapshot.epoch_files(r.path, table):
+                    files.append(str(f))
                     owners.append(r.index)
         df = _scan(table, files, owners)
         stale = _stale_compacts(exp, table, df, compacted)
         if stale:
-            again = [(str(snapshot.epoch_file(exp.runs[i].path, table, e)), i)
-                     for i in stale for e in _epoch_numbers(exp.runs[i].path / table)]
+            again = [(str(f), i) for i in stale for f in snapshot.epoch_files(exp.runs[i].path, table)]
             df = pd.concat([df[~df.run.isin(stale)], _scan(table, [f for f, _ in again], [i for _, i in again])],
                            ignore_index=True)
         exp.compact_used[table] = len(compacted) - len(stale)
@@ -262,7 +254,11 @@ def _stale_compacts(exp: Experiment, table: str, df, compacted: List[int]) -> Li
     sub = df[df.run.isin(compacted)]
     in_compact = sub.groupby("run").epoch.unique().to_dict() if len(sub) else {}
     return [i for i in compacted
-            if sorted(int(e) for e in in_compact.get(i, [])) != _epoch_numbers(exp.runs[i].path / table)]
+            if sorted(int(e) for e in in_compact.get(i, [])) != _epochs(exp.runs[i].path, table)]
+
+
+def _epochs(run_dir: Path, table: str) -> List[int]:
+    return [snapshot.epoch_of(f) for f in snapshot.epoch_files(run_dir, table)]
 
 
 def _runs_frame(exp: Experiment):
@@ -284,6 +280,7 @@ def load(paths: Sequence[str | os.PathLike]) -> Experiment:
     if runs:
         read_tables(exp)
     exp.runs_frame = _runs_frame(exp)
+    exp.groups_table = groups_table(exp)
     return exp
 
 
@@ -297,7 +294,7 @@ def read_histograms(run: Run, epochs: Sequence[int]):
     compact = snapshot.compact_file(run.path, "params")
     if run.info.get("status") in FINISHED and compact.is_file():
         t = pq.read_table(compact, columns=columns, filters=wanted, schema=snapshot.SCHEMAS["params"])
-        if sorted(set(t.column("epoch").to_pylist())) == sorted(
-                e for e in epochs if e in set(_epoch_numbers(run.path / "params"))):
+        stored = set(_epochs(run.path, "params"))
+        if sorted(set(t.column("epoch").to_pylist())) == sorted(e for e in epochs if e in stored):
             return t.to_pandas()
     return snapshot.read_table(run.path, "params", columns, wanted)

@@ -211,7 +211,7 @@ def comparisons_table(exp):
             base = {"key": K.column_name(key), "value": value, "reference": ref}
             if pairs is None or not len(pairs):
                 rows.append({**base, "scope": "pooled", "at": "all runs", "n_pairs": 0,
-                             "sentence": f"{_term(key, value)} vs {_term(key, ref)}: no pair of completed runs "
+                             "sentence": f"{K.term(key, value)} vs {K.term(key, ref)}: no pair of completed runs "
                                          f"(same other settings and seed)"})
                 continue
             for m in COMPARED:
@@ -236,10 +236,6 @@ def _comparison_row(base: dict, scope: str, at: str, pairs, at_columns: dict) ->
                     f"{m}_diff_ci95_high": s["ci95_high"]})
     row["sentence"] = comparison_sentence(row)
     return row
-
-
-def _term(key: str, value) -> str:
-    return f"{K.column_name(key)}={K.format_value(value)}"
 
 
 def plus_minus(d: float, h: float, scale: float = 1.0) -> str:

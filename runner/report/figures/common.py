@@ -75,10 +75,6 @@ def assign_colours(exp) -> None:
         for g in groups:
             g.color, g.highlighted, g.rank = cmap(g.index % 10), True, ""
         return
-    if exp.groups_table is None:
-        from ..stats import groups_table
-
-        exp.groups_table = groups_table(exp)
     means = exp.groups_table["val_acc_mean"]
     ranked = [i for i in means.sort_values(ascending=False).index if not math.isnan(means[i])]
     best, worst = ranked[:N_BEST], ranked[N_BEST:][-N_WORST:][::-1]
@@ -324,14 +320,10 @@ def tied_site_rows(params):
     return rows[rows.groupby(["run", "name"]).site.transform("nunique").to_numpy() > 1]
 
 
-def tied_sites(params) -> Dict[str, List[str]]:
-    """name -> its call sites over the runs where it is tied."""
-    sites = tied_site_rows(params).groupby("name").site.unique()
+def tied_sites(site_rows) -> Dict[str, List[str]]:
+    """name -> its call sites over the runs where it is tied (`site_rows`: tied_site_rows())."""
+    sites = site_rows.groupby("name").site.unique()
     return {n: sorted(s for s in v if s is not None) for n, v in sites.items()}
-
-
-def has_values(df, column: str) -> bool:
-    return column in df and df[column].notna().any()
 
 
 def panels(items, panel_height: float, width: float = 14, ncols: int = 3):

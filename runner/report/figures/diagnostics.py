@@ -67,7 +67,7 @@ def update_ratio(exp, out: Path) -> Optional[str]:
 def site_cosine(exp, out: Path) -> Optional[str]:
     rows = C.tied_site_rows(exp.params)
     rows = rows[rows.cos_grad.notna()]
-    tied = C.tied_sites(rows)
+    tied = C.tied_sites(C.tied_site_rows(rows))   # tied among the rows that have a cosine
     if not tied:
         return None
     from matplotlib.lines import Line2D

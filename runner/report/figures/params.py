@@ -43,8 +43,8 @@ def grads(exp, out: Path) -> Optional[str]:
     from matplotlib.lines import Line2D
 
     aliases = C.tied_aliases(exp)
-    tied = C.tied_sites(p)
     site_rows = C.tied_site_rows(p)
+    tied = C.tied_sites(site_rows)
     fig, cells = C.panels(names, 3.0)
     for ax, name in cells:
         C.draw_groups(ax, exp, g[g.name == name], "norm", log=True)
