@@ -112,3 +112,18 @@ def test_parallel_jobs_spread_over_gpus(monkeypatch):
     assert job_device("cpu", 3) == "cpu" and job_device("cuda:1", 0) == "cuda:1"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert job_device("cuda", 5) == "cuda"
+
+
+def test_worker_count_follows_joblib(monkeypatch):
+    """One rule for the joblib pre-warm, job threads and the ensemble launcher: joblib's n_jobs."""
+    import os
+    from runner.sweep import worker_count
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [worker_count(n, 20) for n in (-1, None, 0, -2, -8, 3)] == [8, 8, 8, 7, 1, 3]
+    assert worker_count(-1, 3) == 3 and worker_count(16, 5) == 5 and worker_count(2, 0) == 1
+
+
+def test_progress_counts_finished_jobs():
+    from runner.sweep import progress
+    assert progress({"completed": 2, "diverged": 1, "failed": 1, "pending": 3, "running": 1}) == "4/8 done"
+    assert progress({}) == "0/0 done"
