@@ -136,3 +136,16 @@ def test_device_side_loss_path_on_cpu(make_cfg, tmp_path, monkeypatch):
     assert b["final"]["train_loss"] == pytest.approx(a["final"]["train_loss"], rel=1e-9)
     d = run(make_cfg("optim.lr=10000", "trainer.epochs=3"), tmp_path / "d")
     assert d["status"] == "diverged" and d["diverged"]["epoch"] == d["epochs_completed"] + 1
+
+
+def test_device_side_divergence_freezes_the_member(make_cfg, tmp_path, monkeypatch):
+    """On the device path (a GPU's) a member whose loss goes bad is frozen by its learning rate
+    going to 0 within the step: its parameters stay those of its last good step (finite), while
+    its ensemble partner trains on unchanged."""
+    import runner.engine as t
+    from runner.engine import run_members
+    monkeypatch.setattr(t, "checks_loss_per_step", lambda device: False)
+    cfgs = [make_cfg("optim.lr=10000", "trainer.epochs=2"), make_cfg("optim.lr=0.1", "trainer.epochs=2")]
+    result = run_members(cfgs, [tmp_path / "bad", tmp_path / "good"], ensemble=True, keep_model=True)
+    assert [i["status"] for i in result.infos] == ["diverged", "completed"]
+    assert all(torch.isfinite(p).all() for p in result.models[0].parameters())
