@@ -226,14 +226,15 @@ class BatchedLinear(_Batched):
         m = self.members
         if m.k == 1:                                       # a single run: plain F.linear
             return F.linear(x, w, b)
-        if m.shared(x):
-            # One batch per group: multiply it with the group's members' weights, no K-fold copy.
+        if m.shared(x) and not x.is_cuda:
+            # One batch per group: multiply it with the group's members' weights, no K-fold copy
+            # (on a GPU one gather and one bmm cost fewer launches than a bmm per group).
             rows = x.reshape(len(m.groups), -1, x.shape[-1])
             parts = [_LinearK.apply(rows[g].expand(e - s, *rows.shape[1:]), w[s:e], None if b is None else b[s:e])
                      for g, (s, e) in enumerate(m.groups)]
             h = torch.cat(parts) if len(parts) > 1 else parts[0]
         else:
-            h = _LinearK.apply(x.reshape(m.k, -1, x.shape[-1]), w, b)
+            h = _LinearK.apply(m.member_view(x).reshape(m.k, -1, x.shape[-1]), w, b)
         return h.reshape(m.k * m.batch, *x.shape[1:-1], self.out_features)
 
 
@@ -246,13 +247,15 @@ class _LinearK(torch.autograd.Function):
     """(K, N, in) @ (K, out, in)^T + (K, out) -> (K, N, out) for K members, computed so that each
     member gets the bits F.linear gives it alone: forward and input gradient as one bmm (equal
     to the member's addmm/mm for N >= BMM_MIN_ROWS, checked over many shapes), the weight
-    gradient as one mm per member (a batched one rounds differently for some widths, e.g. 10)."""
+    gradient as one mm per member (a batched one rounds differently for some widths, e.g. 10).
+    On a GPU all three are one bmm each (its kernels are not K-invariant anyway, and a launch per
+    member would dominate a CUDA-graphed step of many small members)."""
 
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        if x.shape[1] >= BMM_MIN_ROWS:
+        if x.shape[1] >= BMM_MIN_ROWS or x.is_cuda:
             return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)) if b is not None \
                 else torch.bmm(x, w.transpose(1, 2))
         return torch.stack([F.linear(x[k], w[k], None if b is None else b[k]) for k in range(w.shape[0])])
@@ -262,9 +265,11 @@ class _LinearK(torch.autograd.Function):
         x, w = ctx.saved_tensors
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = torch.bmm(g, w) if g.shape[1] >= BMM_MIN_ROWS else torch.stack([g[k] @ w[k] for k in range(w.shape[0])])
+            dx = torch.bmm(g, w) if g.shape[1] >= BMM_MIN_ROWS or g.is_cuda \
+                else torch.stack([g[k] @ w[k] for k in range(w.shape[0])])
         if ctx.needs_input_grad[1]:
-            dw = torch.stack([g[k].t().mm(x[k]) for k in range(w.shape[0])])
+            dw = torch.bmm(g.transpose(1, 2), x) if g.is_cuda \
+                else torch.stack([g[k].t().mm(x[k]) for k in range(w.shape[0])])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g.sum(1)
         return dx, dw, db
