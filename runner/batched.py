@@ -71,6 +71,9 @@ class Members:
         self._keeps: Dict[tuple, torch.Tensor] = {}
         self.groups: List[Tuple[int, int]] = [(0, self.k)]
         self.member_group = torch.zeros(self.k, dtype=torch.long, device=self.device)
+        # One index tensor per grouping, kept for good: a CUDA graph recorded with one reads it
+        # at the same address in every replay (training and evaluation alternate groupings).
+        self._member_groups: Dict[tuple, torch.Tensor] = {tuple(self.groups): self.member_group}
         self.batch = 0
         self.model, self.batched = _batch_modules(self, templates)
         self.reused = [b for b in self.batched if len(b.sites) > 1]
@@ -90,8 +93,11 @@ class Members:
         """Make `groups` current; returns member_group: (K,) each member's group."""
         if list(groups) != self.groups:
             self.groups = list(groups)
-            index = [g for g, (s, e) in enumerate(self.groups) for _ in range(s, e)]
-            self.member_group = torch.tensor(index, dtype=torch.long, device=self.device)
+            key = tuple(self.groups)
+            if key not in self._member_groups:
+                index = [g for g, (s, e) in enumerate(self.groups) for _ in range(s, e)]
+                self._member_groups[key] = torch.tensor(index, dtype=torch.long, device=self.device)
+            self.member_group = self._member_groups[key]
         return self.member_group
 
     def shared(self, x: torch.Tensor) -> bool:

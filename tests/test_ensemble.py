@@ -70,3 +70,21 @@ def test_ensemble_launcher_groups_and_isolates_a_diverging_member(tmp_path, data
     assert good["ensemble"]["size"] == 2 and good["threads"] == 1
     bad = json.loads((tmp_path / "e" / "optim.lr=10000,optim=sgd,sharing=none" / "run.json").read_text())
     assert bad["diverged"]["epoch"] == 1 and bad["diverged"]["step"] >= 0 and bad["epochs_completed"] == 0
+
+
+def test_member_group_index_outlives_grouping_changes(make_cfg):
+    """Training (one batch per seed group) and evaluation (one batch for all) alternate groupings;
+    a CUDA graph recorded with a grouping's index tensor reads it at the same address in every
+    replay, so switching back must give the very same tensor, with its values intact."""
+    import torch
+
+    from runner.batched import Members
+    from runner.engine import build
+
+    torch.manual_seed(0)
+    templates, tie_map = zip(*[build(make_cfg()) for _ in range(3)])
+    members = Members(list(templates), tie_map[0], "cpu", [0, 1, 2])
+    training = members.set_groups([(0, 2), (2, 3)])
+    assert training.tolist() == [0, 0, 1]
+    assert members.set_groups([(0, 3)]).tolist() == [0, 0, 0]
+    assert members.set_groups([(0, 2), (2, 3)]) is training and training.tolist() == [0, 0, 1]
