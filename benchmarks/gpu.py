@@ -5,7 +5,8 @@ ends and added to a JSON file, so a section that fails or runs out of time loses
   statistics snapshots, as one CUDA graph per step: ms per run-epoch (target <= 3 ms at 64 on an
   H100), with snapshots off too; and the 16 jobs one after another, eager and graphed, as
   separate runs (per-epoch times summed; target: the ensemble >= 10x faster than eager);
-- singles: one run of the seed preset and of a 784-1024x3-10 MLP, eager and graphed, snapshots
+- singles: one run of the seed preset and of a 784-1024x3-10 MLP, eager (`trainer.compile=false`)
+  and graphed (the default), snapshots
   off / statistics / statistics + tensors, against the 1024 MLP's fp32 FLOP estimate;
 - grid: the whole `lr_dropout_grid` command (18 jobs), ensemble launcher vs basic launcher.
 
@@ -65,8 +66,8 @@ def ensembles(epochs: int, out: dict) -> None:
         "64 members, graph, stats": (64, "trainer.compile=true", "snapshot.tensors=false"),
         "64 members, graph, snapshots off": (64, "trainer.compile=true", "snapshot.enabled=false"),
         "16 members, graph, stats": (16, "trainer.compile=true", "snapshot.tensors=false"),
-        "64 members, eager, stats": (64, "snapshot.tensors=false"),
-        "16 jobs alone, eager, stats": (-16, "snapshot.tensors=false"),
+        "64 members, eager, stats": (64, "trainer.compile=false", "snapshot.tensors=false"),
+        "16 jobs alone, eager, stats": (-16, "trainer.compile=false", "snapshot.tensors=false"),
         "16 jobs alone, graph, stats": (-16, "trainer.compile=true", "snapshot.tensors=false"),
     }
     for label, (k, *over) in cases.items():
@@ -92,12 +93,13 @@ def singles(epochs: int, out: dict) -> None:
     from runner.engine import run
 
     mlp = ["model.hidden=[1024,1024,1024]"]
-    cases = {"seed preset, eager, snapshots off": ["experiment=seed_sharing", "snapshot.enabled=false"],
-             "seed preset, eager, stats+tensors": ["experiment=seed_sharing"],
+    eager = ["trainer.compile=false"]
+    cases = {"seed preset, eager, snapshots off": ["experiment=seed_sharing", "snapshot.enabled=false"] + eager,
+             "seed preset, eager, stats+tensors": ["experiment=seed_sharing"] + eager,
              "seed preset, graph, snapshots off": ["experiment=seed_sharing", "snapshot.enabled=false",
                                                    "trainer.compile=true"],
              "seed preset, graph, stats+tensors": ["experiment=seed_sharing", "trainer.compile=true"],
-             "784-1024x3-10, eager, snapshots off": mlp + ["snapshot.enabled=false"],
+             "784-1024x3-10, eager, snapshots off": mlp + ["snapshot.enabled=false"] + eager,
              "784-1024x3-10, graph, snapshots off": mlp + ["snapshot.enabled=false", "trainer.compile=true"],
              "784-1024x3-10, graph, stats": mlp + ["snapshot.tensors=false", "trainer.compile=true"],
              "784-1024x3-10, graph, TF32, snapshots off": mlp + ["snapshot.enabled=false", "trainer.compile=true"]}
@@ -119,10 +121,10 @@ def singles(epochs: int, out: dict) -> None:
 def grid(epochs: int, out: dict) -> None:
     import subprocess
 
-    for extra in ([], ["--compile"]):
+    for extra in ([], ["--eager"]):
         r = subprocess.run([sys.executable, str(Path(__file__).parent / "ensemble_speedup.py"), "--device", "cuda",
                             "--epochs", str(epochs), *extra], capture_output=True, text=True)
-        key = "lr_dropout_grid_18_jobs" + ("_graph" if extra else "")
+        key = "lr_dropout_grid_18_jobs" + ("_eager" if extra else "_graph")
         out[key] = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"error": r.stderr[-3000:]}
         print(f"{key}: {json.dumps(out[key])}", flush=True)
 

@@ -98,8 +98,9 @@ class TrainerConfig:
     epochs: int = 10
     diverge_factor: float = 1000.0
     progress: bool = True
-    # CUDA only: capture the training step as a CUDA graph (SGD). Ignored on the CPU.
-    compile: bool = False
+    # CUDA: record the training step of all members once as a CUDA graph and replay it (eager
+    # steps if recording fails). Ignored on the CPU.
+    compile: bool = True
 
 
 @dataclass
@@ -306,10 +307,6 @@ def validate(cfg: Any) -> None:
         raise UserError(f"trainer.epochs={t.epochs} must be >= 1")
     if not _number("trainer.diverge_factor", t.diverge_factor, "a number > 1") > 1:
         raise UserError(f"trainer.diverge_factor={t.diverge_factor!r} must be > 1 (default 1000)")
-
-    if t.compile and cfg.optim.name != "sgd":
-        raise UserError(f"trainer.compile=true supports optim=sgd only (optim={cfg.optim.name} keeps its step "
-                        "count on the host); set trainer.compile=false")
 
     s = cfg.snapshot
     if s.every < 1:

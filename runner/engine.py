@@ -301,8 +301,6 @@ class _Group:
         totals = _Totals(k, device, float(cfg0.trainer.diverge_factor), optimizer, limits)
         x_all, y_all, n = dataset.train_x, dataset.train_y, dataset.n_train
         use_graph = bool(cfg0.trainer.compile) and device.type == "cuda"
-        if cfg0.trainer.compile and device.type != "cuda":
-            print("paramlab: trainer.compile applies to CUDA only; training eagerly on the CPU", file=sys.stderr)
         capture_always = use_graph and recorder is not None       # a graph is recorded once: always capture
 
         def step(idx) -> None:
@@ -731,24 +729,26 @@ class _Totals:
 
 
 class _GraphStep:
-    """`trainer.compile=true` on CUDA: the whole step of all members (gather, forward, losses,
-    divergence check, backward, gradient capture, optimizer step) recorded once as a CUDA graph
-    and replayed per batch, so small models are not bound by kernel launches. Only the batch
-    indices are copied in; a last partial batch runs eagerly. The first steps run eagerly on a
-    side stream (warm-up), as capture requires."""
+    """`trainer.compile=true` (the default) on CUDA: the whole step of all members (gather,
+    forward, losses, divergence check, backward, gradient capture, optimizer step) recorded once
+    as a CUDA graph and replayed per batch, so small models are not bound by kernel launches.
+    Only the batch indices are copied in; a last partial batch runs eagerly. The first steps run
+    eagerly on a side stream (warm-up), as recording requires. If recording fails (a model that
+    reads a value back to the host in its forward, say), one line says so and every step runs
+    eagerly: nothing of the failed recording ran, so no step is lost or run twice."""
 
     WARMUP = 3
 
     def __init__(self, step, groups: int, batch_size: int, device):
         import torch
 
-        self.step, self.graph, self.warm = step, None, 0
+        self.step, self.graph, self.warm, self.eager = step, None, 0, False
         self.idx = torch.zeros(groups, batch_size, dtype=torch.long, device=device)
 
     def __call__(self, idx) -> None:
         import torch
 
-        if idx.shape != self.idx.shape:
+        if self.eager or idx.shape != self.idx.shape:
             self.step(idx)
         elif self.graph is None and self.warm < self.WARMUP:
             side = torch.cuda.Stream()
@@ -759,13 +759,31 @@ class _GraphStep:
             self.warm += 1
         elif self.graph is None:
             self.idx.copy_(idx)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.step(self.idx)
-            self.graph.replay()  # capturing does not run the step
+            if self._record():
+                self.graph.replay()  # recording does not run the step
+            else:
+                self.step(idx)
         else:
             self.idx.copy_(idx)
             self.graph.replay()
+
+    def _record(self) -> bool:
+        import torch
+
+        stream = torch.cuda.current_stream()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.step(self.idx)
+        except Exception as e:  # noqa: BLE001 (any failure to record: train eagerly instead)
+            torch.cuda.set_stream(stream)    # the recording's stream may still be current
+            torch.cuda.synchronize()
+            self.eager = True
+            _log(f"paramlab: CUDA graph recording failed ({one_line(e)}); training with eager steps "
+                 "(trainer.compile=false skips the attempt)")
+            return False
+        self.graph = graph
+        return True
 
 
 def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:

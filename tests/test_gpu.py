@@ -90,3 +90,60 @@ def test_ensemble_cuda_graph_matches_eager(make_cfg, tmp_path):
         assert results["true"][m]["status"] == "completed"
         for k in ("train_loss", "val_loss", "val_acc"):
             assert results["true"][m]["final"][k] == pytest.approx(results["false"][m]["final"][k], rel=1e-4, abs=1e-5)
+
+
+def test_adam_ensemble_cuda_graph_matches_eager(make_cfg, tmp_path):
+    """Adam's step count lives on the device, so its step is recorded in the graph too."""
+    from runner.engine import run_members
+    over = [("optim.lr=0.01", "seed=0"), ("optim.lr=0.003", "seed=1", "optim.weight_decay=0.01")]
+    results = {}
+    for mode in ("false", "true"):
+        cfgs = [make_cfg("device=cuda", "optim=adam", "trainer.epochs=3", "data.batch_size=64",
+                         f"trainer.compile={mode}", *o) for o in over]
+        results[mode] = run_members(cfgs, [tmp_path / mode / str(i) for i in range(2)], ensemble=True).infos
+    for m in range(2):
+        assert results["true"][m]["status"] == "completed"
+        for k in ("train_loss", "val_loss", "val_acc"):
+            assert results["true"][m]["final"][k] == pytest.approx(results["false"][m]["final"][k], rel=1e-4, abs=1e-5)
+
+
+HOST_SYNC_MODEL = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    """Reads a value back to the host in its forward: a CUDA graph cannot record that."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, 16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x.flatten(1)))
+        if float(h.mean()) < -1.0:      # never true; the read is the point
+            h = h * 0
+        return self.fc2(h)
+'''
+
+
+def test_graph_recording_failure_falls_back_to_eager(make_cfg, tmp_path, monkeypatch, capsys):
+    """The default (trainer.compile=true) with a model that syncs with the host: one line says
+    the recording failed, the run completes with eager steps and equals a run with compile=false."""
+    import sys
+
+    from runner.engine import run
+    (tmp_path / "syncmodels.py").write_text(HOST_SYNC_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        over = ("device=cuda", "model=custom", "model._target_=syncmodels.Net", "trainer.epochs=2",
+                "data.batch_size=64")
+        default = run(make_cfg(*over), tmp_path / "default")
+        said = capsys.readouterr()
+        assert "CUDA graph recording failed" in said.out + said.err
+        eager = run(make_cfg(*over, "trainer.compile=false"), tmp_path / "eager")
+    finally:
+        sys.modules.pop("syncmodels", None)
+    assert default["status"] == eager["status"] == "completed"
+    for k in ("train_loss", "val_loss", "val_acc"):
+        assert default["final"][k] == pytest.approx(eager["final"][k], rel=1e-4, abs=1e-5)
