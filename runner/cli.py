@@ -399,7 +399,7 @@ def main() -> None:
 
     def warm(plan: Plan) -> None:
         n = _parallel_workers(plan)
-        if n > 1:
+        if n > 0:
             prewarm_workers(n)
 
     guard("train", on_expanded=warm)
@@ -410,7 +410,7 @@ def main() -> None:
 
 
 def _parallel_workers(plan: Plan) -> int:
-    """How many worker processes the command's launcher will use (to warm them up early)."""
+    """How many worker processes the command's launcher will start (to warm them up early)."""
     if not plan.multirun:
         return 0
     from .sweep import MEMBER_KEYS, worker_count
@@ -418,7 +418,8 @@ def _parallel_workers(plan: Plan) -> int:
     launcher = str(plan.base.hydra.launcher.get("_target_", ""))
     n_jobs = plan.base.hydra.launcher.get("n_jobs")
     if "joblib" in launcher:
-        return worker_count(n_jobs, len(plan.jobs))
+        n = worker_count(n_jobs, len(plan.jobs))
+        return n if n > 1 else 0
     if "Ensemble" in launcher:
         # Jobs that differ in more than member keys (lr, seed, ...) are separate ensembles; the
         # configs are not composed yet, so count the distinct other overrides.
@@ -426,6 +427,5 @@ def _parallel_workers(plan: Plan) -> int:
             return o.split("=", 1)[0].lstrip("+~")
 
         groups = {tuple(sorted(o for o in job if key(o) not in MEMBER_KEYS)) for job in plan.jobs}
-        n = worker_count(n_jobs, len(groups))
-        return n if n > 1 else 0
+        return worker_count(n_jobs, len(groups)) - 1   # the command's own process runs one of them
     return 0

