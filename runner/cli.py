@@ -405,7 +405,12 @@ def main() -> None:
     guard("train", on_expanded=warm)
     hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
     # An absolute path: works for `python -m`, console scripts and `python -c` alike.
-    hydra_main(task)()
+    try:
+        hydra_main(task)()
+    except KeyboardInterrupt:
+        print("paramlab: interrupted; runs not finished are marked failed and continue after their last "
+              "completed epoch when the same command runs again", file=sys.stderr, flush=True)
+        sys.exit(130)
     sys.exit(sweep_exit_code())
 
 

@@ -180,3 +180,45 @@ def test_a_bug_during_a_run_exits_1_with_error_log(tmp_path, data_root):
     assert "RuntimeError: boom" in (tmp_path / "r" / "error.log").read_text()
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["status"] == "failed" and info["error"] == "RuntimeError: boom"
+
+
+def test_ctrl_c_ends_a_parallel_sweep_with_one_line(tmp_path, data_root):
+    """Ctrl-C (SIGINT to the command's process group) while two ensembles train side by side:
+    the command ends at once with one line and exit 130 (no traceback, no worker left), and its
+    runs are recorded as not finished, so the same command continues them."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    p = subprocess.Popen([sys.executable, "-m", "runner.train", "-m", "sharing=none,all_hidden", "optim.lr=0.05,0.1",
+                          f"data.root={data_root}", "trainer.epochs=2000", "trainer.progress=false", "device=cpu",
+                          "snapshot.enabled=false", f"hydra.sweep.dir={tmp_path / 's'}"],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = []
+    for line in p.stdout:                       # both ensembles started
+        lines.append(line)
+        if sum("ensemble of 2" in x for x in lines) == 2:
+            break
+    time.sleep(1.5)
+    os.killpg(p.pid, signal.SIGINT)
+    t = time.perf_counter()
+    out = "".join(lines) + p.communicate(timeout=60)[0]
+    assert time.perf_counter() - t < 20
+    assert p.returncode == 130, out
+    assert "paramlab: interrupted" in out and "Traceback" not in out, out
+    runs = job_runs(tmp_path / "s")
+    assert len(runs) == 4 and {j["status"] for j in runs} == {"failed"}
+    assert all(j["epochs_completed"] < 2000 for j in runs)
+    for _ in range(100):                     # no process of the command lives on (workers end, zombies reaped)
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("a process of the interrupted command is still there after 10 s")
