@@ -29,8 +29,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from . import __version__
 from .config import UserError, check_schema, one_line, plain_config, re_device, validate
 
-# Config keys that do not change a run's results: a run directory may be continued with other values.
-IGNORED_FOR_RESUME = (("sweep",), ("trainer", "progress"))
+# Config keys that do not change a run's results: a run directory may be continued with other values
+# (trainer.compile: the same step, recorded as a CUDA graph or not; the CPU ignores it).
+IGNORED_FOR_RESUME = (("sweep",), ("trainer", "progress"), ("trainer", "compile"))
 # Threads writing an ensemble's files, members side by side (a single run has one): 64 members'
 # files of a seed-preset epoch took 0.6 s with one thread and ~0.3 s with four on 2 cores (measured).
 WRITER_THREADS = max(4, (os.cpu_count() or 1) // 2)

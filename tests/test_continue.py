@@ -114,6 +114,8 @@ def test_completed_run_is_left_alone_and_other_config_refused(tmp_path, data_roo
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0 and "already completed" in r.stdout
     assert files() == before
+    r = run_cli(*args, "trainer.compile=false", cwd=tmp_path)   # a key that does not change results
+    assert r.returncode == 0 and "already completed" in r.stdout, r.stderr
     r = run_cli(*args, "optim.lr=0.3", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert (f"hydra.run.dir={tmp_path / 'r'} holds a run with another config (optim.lr: 0.1 there, 0.3 here); "
