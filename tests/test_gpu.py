@@ -75,33 +75,27 @@ def test_ensemble_on_gpu_matches_separate_runs(make_cfg, tmp_path):
             assert infos[i]["final"][k] == pytest.approx(alone["final"][k], rel=1e-3, abs=1e-3)
 
 
-def test_ensemble_cuda_graph_matches_eager(make_cfg, tmp_path):
-    """Three members in two seed groups (so the step gathers rows by group), three epochs with
-    evaluation and snapshots between them (which switch the grouping): the graph replays must
-    give what eager steps give."""
-    from runner.engine import run_members
-    over = [("optim.lr=0.05", "seed=0"), ("optim.lr=0.1", "seed=0"), ("optim.lr=0.1", "seed=1")]
-    results = {}
-    for mode in ("false", "true"):
-        cfgs = [make_cfg("device=cuda", "sharing=all_hidden", "trainer.epochs=3", "data.batch_size=64",
-                         f"trainer.compile={mode}", *o) for o in over]
-        results[mode] = run_members(cfgs, [tmp_path / mode / str(i) for i in range(3)], ensemble=True).infos
-    for m in range(3):
-        assert results["true"][m]["status"] == "completed"
-        for k in ("train_loss", "val_loss", "val_acc"):
-            assert results["true"][m]["final"][k] == pytest.approx(results["false"][m]["final"][k], rel=1e-4, abs=1e-5)
+GRAPH_ENSEMBLES = {
+    # Two seed groups (the step gathers rows by group); evaluation and snapshots between epochs
+    # switch the grouping, and the graph's replays must still read the right index tensor.
+    "sgd, two seed groups": (["sharing=all_hidden"],
+                             [("optim.lr=0.05", "seed=0"), ("optim.lr=0.1", "seed=0"), ("optim.lr=0.1", "seed=1")]),
+    # Adam's step count lives on the device, so its step is recorded in the graph too.
+    "adam": (["optim=adam"], [("optim.lr=0.01", "seed=0"), ("optim.lr=0.003", "seed=1", "optim.weight_decay=0.01")]),
+}
 
 
-def test_adam_ensemble_cuda_graph_matches_eager(make_cfg, tmp_path):
-    """Adam's step count lives on the device, so its step is recorded in the graph too."""
+@pytest.mark.parametrize("case", GRAPH_ENSEMBLES)
+def test_ensemble_cuda_graph_matches_eager(case, make_cfg, tmp_path):
+    """Three epochs of an ensemble: the graph replays give what eager steps give."""
     from runner.engine import run_members
-    over = [("optim.lr=0.01", "seed=0"), ("optim.lr=0.003", "seed=1", "optim.weight_decay=0.01")]
+    common, over = GRAPH_ENSEMBLES[case]
     results = {}
     for mode in ("false", "true"):
-        cfgs = [make_cfg("device=cuda", "optim=adam", "trainer.epochs=3", "data.batch_size=64",
+        cfgs = [make_cfg("device=cuda", *common, "trainer.epochs=3", "data.batch_size=64",
                          f"trainer.compile={mode}", *o) for o in over]
-        results[mode] = run_members(cfgs, [tmp_path / mode / str(i) for i in range(2)], ensemble=True).infos
-    for m in range(2):
+        results[mode] = run_members(cfgs, [tmp_path / mode / str(i) for i in range(len(over))], ensemble=True).infos
+    for m in range(len(over)):
         assert results["true"][m]["status"] == "completed"
         for k in ("train_loss", "val_loss", "val_acc"):
             assert results["true"][m]["final"][k] == pytest.approx(results["false"][m]["final"][k], rel=1e-4, abs=1e-5)
