@@ -115,7 +115,7 @@ class Net(nn.Module):
 
     def forward(self, x):
         h = torch.relu(self.fc1(x.flatten(1)))
-        if float(h.mean()) < -1.0:      # never true; the read is the point
+        if float(h.detach().mean()) < -1.0:      # never true; the read is the point
             h = h * 0
         return self.fc2(h)
 '''
