@@ -372,6 +372,8 @@ def task(cfg: DictConfig) -> Optional[dict]:
         if multirun:
             return None
         sys.exit(2)
+    except KeyboardInterrupt:       # Ctrl-C ends the command (main says so); the run is marked failed
+        raise
     except BaseException as e:
         print(f"paramlab: failed {label}: {one_line(e)} (traceback in {run_dir / 'error.log'})",
               file=sys.stderr, flush=True)
@@ -432,5 +434,6 @@ def _parallel_workers(plan: Plan) -> int:
             return o.split("=", 1)[0].lstrip("+~")
 
         groups = {tuple(sorted(o for o in job if key(o) not in MEMBER_KEYS)) for job in plan.jobs}
-        return worker_count(n_jobs, len(groups)) - 1   # the command's own process runs one of them
+        n = worker_count(n_jobs, len(groups))
+        return n - 1 if n == len(groups) else n     # one ensemble per process: this one runs one of them
     return 0

@@ -322,7 +322,16 @@ class _Group:
                 recorder.accumulate()                               # gradients captured before the step
             optimizer.step()
 
-        step_fn = _GraphStep(step, len(groups), bs, device) if use_graph else step
+        def forward_only(idx) -> None:
+            """The step's forward in eval mode, without gradients: no state changes (a probe)."""
+            members.train(False)
+            try:
+                with torch.no_grad():
+                    members.forward(torch.index_select(x_all, 0, idx.reshape(-1)), groups)
+            finally:
+                members.train(True)
+
+        step_fn = _GraphStep(step, forward_only, len(groups), bs, device) if use_graph else step
         from tqdm import tqdm
 
         label = self.run_dirs[0].name[:40] if k == 1 else f"ensemble of {k}"
@@ -734,16 +743,18 @@ class _GraphStep:
     forward, losses, divergence check, backward, gradient capture, optimizer step) recorded once
     as a CUDA graph and replayed per batch, so small models are not bound by kernel launches.
     Only the batch indices are copied in; a last partial batch runs eagerly. The first steps run
-    eagerly on a side stream (warm-up), as recording requires. If recording fails (a model that
-    reads a value back to the host in its forward, say), one line says so and every step runs
-    eagerly: nothing of the failed recording ran, so no step is lost or run twice."""
+    eagerly on a side stream (warm-up), as recording requires. A model whose forward reads a
+    value back to the host cannot be recorded: a probe (the forward in eval mode, no gradients, so
+    no dropout draw or statistics update) with CUDA's sync check set to raise finds it first, and
+    if recording fails all the same, one line says so and every step runs eagerly (nothing of the
+    failed recording ran, so no step is lost or run twice)."""
 
     WARMUP = 3
 
-    def __init__(self, step, groups: int, batch_size: int, device):
+    def __init__(self, step, probe, groups: int, batch_size: int, device):
         import torch
 
-        self.step, self.graph, self.warm, self.eager = step, None, 0, False
+        self.step, self.probe, self.graph, self.warm, self.eager = step, probe, None, 0, False
         self.idx = torch.zeros(groups, batch_size, dtype=torch.long, device=device)
 
     def __call__(self, idx) -> None:
@@ -771,6 +782,15 @@ class _GraphStep:
     def _record(self) -> bool:
         import torch
 
+        torch.cuda.synchronize()
+        mode = torch.cuda.get_sync_debug_mode()
+        try:
+            _sync_debug_mode("error")
+            self.probe(self.idx)
+        except RuntimeError as e:
+            return self._eager(e)
+        finally:
+            _sync_debug_mode(mode)
         stream = torch.cuda.current_stream()
         graph = torch.cuda.CUDAGraph()
         try:
@@ -779,12 +799,26 @@ class _GraphStep:
         except Exception as e:  # noqa: BLE001 (any failure to record: train eagerly instead)
             torch.cuda.set_stream(stream)    # the recording's stream may still be current
             torch.cuda.synchronize()
-            self.eager = True
-            _log(f"paramlab: CUDA graph recording failed ({one_line(e)}); training with eager steps "
-                 "(trainer.compile=false skips the attempt)")
-            return False
+            return self._eager(e)
         self.graph = graph
         return True
+
+    def _eager(self, error: BaseException) -> bool:
+        self.eager = True
+        _log(f"paramlab: CUDA graph recording failed ({one_line(error)}); training with eager steps "
+             "(trainer.compile=false skips the attempt)")
+        return False
+
+
+def _sync_debug_mode(mode) -> None:
+    """torch.cuda.set_sync_debug_mode without its 'prototype feature' warning to the user."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.cuda.set_sync_debug_mode(mode)
 
 
 def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
@@ -795,8 +829,9 @@ def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
 
     k, n = members.k, x.shape[0]
     # batch_size rows in all on the CPU (arithmetic-bound); on a GPU (launch-bound) batch_size rows
-    # per member, up to 65536 rows in all (a bound on the activations' memory).
-    chunk = max(1, batch_size // k) if x.device.type == "cpu" else max(1, min(batch_size, 65536 // k))
+    # per member, up to 16384 rows in all (a bound on the activations' memory: ~0.8 GB per layer
+    # for a 16-channel 28x28 convolution).
+    chunk = max(1, batch_size // k) if x.device.type == "cpu" else max(1, min(batch_size, 16384 // k))
     per_example = torch.empty(k, n, device=x.device)
     correct = torch.zeros(k, dtype=torch.int64, device=x.device)
     members.train(False)

@@ -21,7 +21,7 @@ _STATE = {"failed": 0}
 # Keys in which the jobs of one ensemble may differ (everything else must be equal).
 MEMBER_KEYS = ("optim.lr", "optim.momentum", "optim.weight_decay", "model.dropout", "seed", "init")
 # Overrides that may stand beside `sweep.resume=DIR`: how to run the jobs, not which.
-RESUME_EXTRAS = ("hydra/launcher=", "hydra.launcher.", "trainer.progress=")
+RESUME_EXTRAS = ("hydra/launcher=", "hydra.launcher.", "trainer.progress=", "trainer.compile=")
 
 
 # ------------------------------------------------------------------------------------ sweep.json
@@ -91,8 +91,8 @@ def progress(counts: Dict[str, int]) -> str:
 
 def resume_argv(argv: Sequence[str], resume: str) -> List[str]:
     """`-m sweep.resume=DIR` -> the command that made DIR's sweep, into DIR. Besides
-    sweep.resume only a launcher choice (`hydra/launcher=...`, `hydra.launcher.*`) or
-    trainer.progress may be given: they change how jobs run, not which."""
+    sweep.resume only a launcher choice (`hydra/launcher=...`, `hydra.launcher.*`),
+    trainer.progress or trainer.compile may be given: they change how jobs run, not which."""
     record = read_sweep_json(Path(resume))
     if record is None or "overrides" not in record:
         raise UserError(f"sweep.resume={resume!r} is not a sweep directory (no readable sweep.json in it); give a "
@@ -101,7 +101,8 @@ def resume_argv(argv: Sequence[str], resume: str) -> List[str]:
     wrong = [a for a in extras if not a.startswith(RESUME_EXTRAS)]
     if wrong:
         raise UserError(f"sweep.resume re-runs the recorded sweep as it was; {' '.join(wrong)} cannot change it "
-                        "(only hydra/launcher=... may be given); start a new sweep for other settings")
+                        "(only how it runs may be given: hydra/launcher=..., hydra.launcher.*, trainer.progress=, "
+                        "trainer.compile=); start a new sweep for other settings")
     recorded = [o for o in record["overrides"] if not o.startswith(("hydra.sweep.dir=",))]
     launcher = [a for a in extras if a.startswith(RESUME_EXTRAS)]
     kept = [o for o in recorded if not any(o.split("=")[0] == a.split("=")[0] for a in launcher)]
@@ -139,8 +140,9 @@ def job_device(device: str, job_index: int) -> str:
 
 def group_key(plain: dict) -> str:
     """Jobs whose configs are equal but for MEMBER_KEYS (and the keys that do not change results)
-    can train as one ensemble."""
+    can train as one ensemble; an ensemble runs with one trainer.compile, so that one stays a key."""
     c = comparable(plain)
+    c["compile"] = bool(plain.get("trainer", {}).get("compile", False))
     for key in MEMBER_KEYS:
         node, *rest = key.split(".")
         (c.get(node, {}) if rest else c).pop(rest[0] if rest else node, None)
@@ -225,3 +227,16 @@ def prewarm_workers(n_workers: int) -> None:
     pool = workers(n_workers)
     for _ in range(n_workers):
         pool.submit(_warm_worker)
+
+
+def interrupt_workers(executor) -> None:
+    """Ctrl-C reached this process alone (`kill -INT PID`, a scheduler): pass it on to the worker
+    processes, so their ensembles stop like this one's (runs marked failed, continued by the same
+    command) instead of the command waiting for them to finish."""
+    import signal
+
+    for pid in list(getattr(executor, "_processes", {}) or {}):
+        try:
+            os.kill(pid, signal.SIGINT)
+        except OSError:
+            pass

@@ -195,7 +195,8 @@ def test_ctrl_c_ends_a_parallel_sweep_with_one_line(tmp_path, data_root):
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     p = subprocess.Popen([sys.executable, "-m", "runner.train", "-m", "sharing=none,all_hidden", "optim.lr=0.05,0.1",
-                          f"data.root={data_root}", "trainer.epochs=2000", "trainer.progress=false", "device=cpu",
+                          "hydra.launcher.n_jobs=2", f"data.root={data_root}", "trainer.epochs=2000",
+                          "trainer.progress=false", "device=cpu",
                           "snapshot.enabled=false", f"hydra.sweep.dir={tmp_path / 's'}"],
                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
