@@ -182,9 +182,19 @@ def test_a_bug_during_a_run_exits_1_with_error_log(tmp_path, data_root):
     assert info["status"] == "failed" and info["error"] == "RuntimeError: boom"
 
 
-def test_ctrl_c_ends_a_parallel_sweep_with_one_line(tmp_path, data_root):
-    """Ctrl-C (SIGINT to the command's process group) while two ensembles train side by side:
-    the command ends at once with one line and exit 130 (no traceback, no worker left), and its
+CTRL_C = {
+    # Ctrl-C in a terminal: SIGINT to the command's process group (both ensembles' processes).
+    "sweep, Ctrl-C": (["-m", "sharing=none,all_hidden", "optim.lr=0.05,0.1", "hydra.launcher.n_jobs=2"], True, 4),
+    # SIGINT to the command's process alone (`kill -INT PID`, a scheduler): passed on to its workers.
+    "sweep, SIGINT to the command": (["-m", "sharing=none,all_hidden", "optim.lr=0.05,0.1",
+                                      "hydra.launcher.n_jobs=2"], False, 4),
+    "single run, Ctrl-C": ([], True, 1),
+}
+
+
+@pytest.mark.parametrize("case", CTRL_C)
+def test_ctrl_c_ends_the_command_with_one_line(case, tmp_path, data_root):
+    """The command ends at once with one line and exit 130 (no traceback, no worker left), and its
     runs are recorded as not finished, so the same command continues them."""
     import signal
     import subprocess
@@ -192,28 +202,28 @@ def test_ctrl_c_ends_a_parallel_sweep_with_one_line(tmp_path, data_root):
     import time
 
     from conftest import ROOT
+    args, group, n_runs = CTRL_C[case]
+    where = f"hydra.sweep.dir={tmp_path / 's'}" if args else f"hydra.run.dir={tmp_path / 's'}"
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    p = subprocess.Popen([sys.executable, "-m", "runner.train", "-m", "sharing=none,all_hidden", "optim.lr=0.05,0.1",
-                          "hydra.launcher.n_jobs=2", f"data.root={data_root}", "trainer.epochs=2000",
-                          "trainer.progress=false", "device=cpu",
-                          "snapshot.enabled=false", f"hydra.sweep.dir={tmp_path / 's'}"],
+    p = subprocess.Popen([sys.executable, "-m", "runner.train", *args, f"data.root={data_root}", "trainer.epochs=2000",
+                          "trainer.progress=false", "device=cpu", "snapshot.enabled=false", where],
                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    lines = []
-    for line in p.stdout:                       # both ensembles started
+    started, lines = (2 if args else 1), []
+    for line in p.stdout:                       # every ensemble (or the run) started
         lines.append(line)
-        if sum("ensemble of 2" in x for x in lines) == 2:
+        if sum(("ensemble of 2" if args else "paramlab: start") in x for x in lines) == started:
             break
     time.sleep(1.5)
-    os.killpg(p.pid, signal.SIGINT)
+    (os.killpg if group else os.kill)(p.pid, signal.SIGINT)
     t = time.perf_counter()
     out = "".join(lines) + p.communicate(timeout=60)[0]
     assert time.perf_counter() - t < 20
     assert p.returncode == 130, out
     assert "paramlab: interrupted" in out and "Traceback" not in out, out
-    runs = job_runs(tmp_path / "s")
-    assert len(runs) == 4 and {j["status"] for j in runs} == {"failed"}
+    runs = job_runs(tmp_path / "s") if args else [json.loads((tmp_path / "s" / "run.json").read_text())]
+    assert len(runs) == n_runs and {j["status"] for j in runs} == {"failed"}
     assert all(j["epochs_completed"] < 2000 for j in runs)
     for _ in range(100):                     # no process of the command lives on (workers end, zombies reaped)
         try:

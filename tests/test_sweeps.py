@@ -51,8 +51,8 @@ def test_sweep_isolates_failures_and_resumes(tmp_path, data_root):
     assert statuses["optim.lr=0.1,sharing=none"] == "completed"
 
     # `-m sweep.resume=DIR` alone re-creates the recorded sweep: completed jobs are left alone.
-    r = run_cli("-m", "runner.train", "-m", f"sweep.resume={sweep}", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    r = run_cli("-m", "runner.train", "-m", f"sweep.resume={sweep}", "trainer.compile=false", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr      # how jobs run (trainer.compile, the launcher) may be given
     assert r.stdout.count("already completed") == 2
     assert sorted(j["_dir"] for j in job_runs(sweep)) == sorted(statuses)  # no job of another config appeared
     r = run_cli("-m", "runner.train", "-m", f"sweep.resume={sweep}", "optim.lr=0.3", cwd=tmp_path)
@@ -127,3 +127,20 @@ def test_progress_counts_finished_jobs():
     from runner.sweep import progress
     assert progress({"completed": 2, "diverged": 1, "failed": 1, "pending": 3, "running": 1}) == "4/8 done"
     assert progress({}) == "0/0 done"
+
+
+def test_group_key_keeps_compile_apart():
+    """Jobs differing in a member key (lr) or in a key that changes nothing (progress) share an
+    ensemble; jobs differing in trainer.compile do not (an ensemble runs with one of them)."""
+    from runner.sweep import group_key
+    base = {"trainer": {"compile": True, "progress": True, "epochs": 2}, "optim": {"lr": 0.1}, "seed": 0}
+
+    def variant(section, key, value):
+        v = json.loads(json.dumps(base))
+        v[section][key] = value
+        return group_key(v)
+
+    assert group_key(base) == variant("optim", "lr", 0.2) == variant("trainer", "progress", False)
+    assert group_key(base) != variant("trainer", "compile", False)
+    assert group_key(base) != variant("trainer", "epochs", 3)
+
