@@ -166,7 +166,7 @@ def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):
     """One ensemble (in this process or a worker): ([run.json per member] or None, error line)."""
     from .config import UserError, one_line
     from .engine import run_members
-    from .sweep import watch_master
+    from .sweep import interruptible, watch_master
 
     watch_master()
     if threads:
@@ -179,7 +179,8 @@ def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):
     else:
         print(f"paramlab: start {names} -> {run_dirs[0]}", flush=True)
     try:
-        result = run_members(cfgs, run_dirs, overrides, ensemble=True)
+        with interruptible():
+            result = run_members(cfgs, run_dirs, overrides, ensemble=True)
     except UserError as e:
         return None, f"error: {e} [jobs: {names}]"
     except Exception as e:  # recorded as failed in each member's run.json, with error.log (an interrupt,

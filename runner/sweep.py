@@ -6,6 +6,7 @@ Layering: the command line (runner.cli, the launchers) calls this; this calls th
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -240,3 +241,28 @@ def interrupt_workers(executor) -> None:
             os.kill(pid, signal.SIGINT)
         except OSError:
             pass
+
+
+@contextlib.contextmanager
+def interruptible():
+    """In a worker process: SIGINT interrupts the ensemble it runs, once (Ctrl-C in a terminal
+    reaches the workers, and the command passes it on as well); outside its ensembles a worker
+    ignores SIGINT, so an interrupt never lands in the pool's own code. Nothing in the command's
+    own process."""
+    import signal
+
+    master = int(os.environ.get(MASTER_PID) or 0)
+    if not master or master == os.getpid():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # one interrupt per ensemble
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
