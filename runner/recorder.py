@@ -26,6 +26,7 @@ class Recorder:
     def __init__(self, members: Members, snap_cfg, activation_x: torch.Tensor, layers: Sequence[str]):
         self.members = members
         self.cfg = snap_cfg
+        self.diagnostics = bool(snap_cfg.diagnostics)   # read every step: not through the config object
         self.activation_x = activation_x          # fixed held-out batch shared by all members, (B, 1, 28, 28)
         self.layers = list(layers)
         # Sums over the epoch's steps, shaped like the leaves the optimizer steps.
@@ -36,6 +37,7 @@ class Recorder:
         self.square_norms = torch.zeros(members.k, len(members.leaves), dtype=torch.float64,
                                         device=members.params[0].device)
         self.square_sums = [torch.zeros_like(p) for p in members.leaves] if members.k > 1 else None
+        self.square_row = self.square_norms[0]            # a view, made once
         self.previous: Optional[List[torch.Tensor]] = None   # values at the previous snapshot epoch
         self.previous_epoch = -1
 
@@ -44,10 +46,11 @@ class Recorder:
         """Add this step's .grad (and its squared norm) to the epoch's sums: a few foreach ops."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.members.leaves]
         torch._foreach_add_(self.grad_sums, grads)
-        if not self.cfg.diagnostics:
+        if not self.diagnostics:
             return
         if self.square_sums is None:                      # one member: one fused norm of every tensor
-            self.square_norms[0] += torch.stack(torch._foreach_norm(grads)).double().square()
+            norms = torch.stack(torch._foreach_norm(grads)).double()
+            self.square_row.addcmul_(norms, norms)
         else:
             torch._foreach_addcmul_(self.square_sums, grads, grads)
 
@@ -77,7 +80,7 @@ class Recorder:
             grads = [g.view(v.shape) for g, v in zip(torch._foreach_div(self.grad_sums, float(steps)), values)]
             first_grad = len(rows)
             for i, (n, g) in enumerate(zip(m.names, grads)):
-                if self.cfg.diagnostics:
+                if self.diagnostics:
                     # mean over steps of ||g_step - mean||^2 = sum ||g_step||^2 / steps - ||mean||^2
                     squares = self.square_norms[:, i] if self.square_sums is None \
                         else self.square_sums[i].double().reshape(k, -1).sum(1)
@@ -97,7 +100,7 @@ class Recorder:
                         extra[len(rows)] = ("cos_grad", torch.ones(k, dtype=torch.float64, device=g.device))
                         rows.append((info.canonical, "grad_site", site, g))
                         stat_of.append(stat_of[first_grad + i])
-            if self.previous is not None and self.cfg.diagnostics:
+            if self.previous is not None and self.diagnostics:
                 for n, v, prev in zip(m.names, values, self.previous):
                     rows.append((n, "update", None, v - prev))
                     stat_of.append(len(stat_of))
