@@ -250,9 +250,10 @@ def interruptible():
     ignores SIGINT, so an interrupt never lands in the pool's own code. Nothing in the command's
     own process."""
     import signal
+    import threading
 
     master = int(os.environ.get(MASTER_PID) or 0)
-    if not master or master == os.getpid():
+    if not master or master == os.getpid() or threading.current_thread() is not threading.main_thread():
         yield
         return
 
