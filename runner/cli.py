@@ -420,7 +420,7 @@ def _parallel_workers(plan: Plan) -> int:
     """How many worker processes the command's launcher will start (to warm them up early)."""
     if not plan.multirun:
         return 0
-    from .sweep import MEMBER_KEYS, worker_count
+    from .sweep import MEMBER_KEYS, ensemble_pool, worker_count
 
     launcher = str(plan.base.hydra.launcher.get("_target_", ""))
     n_jobs = plan.base.hydra.launcher.get("n_jobs")
@@ -434,6 +434,5 @@ def _parallel_workers(plan: Plan) -> int:
             return o.split("=", 1)[0].lstrip("+~")
 
         groups = {tuple(sorted(o for o in job if key(o) not in MEMBER_KEYS)) for job in plan.jobs}
-        n = worker_count(n_jobs, len(groups))
-        return n - 1 if n == len(groups) else n     # one ensemble per process: this one runs one of them
+        return ensemble_pool(n_jobs, len(groups))
     return 0

@@ -85,7 +85,7 @@ class EnsembleLauncherBase(Launcher):
 
         from .cli import COMPOSER, job_dir, outcome_line
         from .config import plain_config, without_hydra
-        from .sweep import group_jobs, job_device, progress, refresh_sweep_json, worker_count
+        from .sweep import ensemble_pool, group_jobs, job_device, progress, refresh_sweep_json, worker_count
 
         setup_globals()
         assert self.config is not None
@@ -138,7 +138,7 @@ class EnsembleLauncherBase(Launcher):
 
             from .sweep import interrupt_workers, workers as pool
 
-            own = 1 if len(groups) == workers else 0
+            own = workers - ensemble_pool(self.n_jobs, len(groups))
             executor = pool(workers - own)
             futures = {executor.submit(run_group, *call): members for members, call in zip(groups[own:], calls[own:])}
             try:

@@ -120,6 +120,14 @@ def worker_count(n_jobs: Optional[int], tasks: int) -> int:
     return max(1, min(tasks, n if n > 0 else cores + 1 + n))
 
 
+def ensemble_pool(n_jobs: Optional[int], ensembles: int) -> int:
+    """Worker processes the ensemble launcher starts for `ensembles` side by side under `n_jobs`:
+    when each ensemble gets a process of its own, the command's own process runs one of them
+    (one process in all: none, the ensembles run one after another in the command's process)."""
+    n = worker_count(n_jobs, ensembles)
+    return 0 if n == 1 else n - 1 if n == ensembles else n
+
+
 def job_threads(hydra_cfg) -> Optional[int]:
     """Torch threads for a job run by the joblib launcher, so jobs x threads <= cores."""
     launcher = hydra_cfg.launcher
@@ -186,12 +194,19 @@ MASTER_PID = "PARAMLAB_MASTER_PID"
 _WATCHING: list = []
 
 
+def _command_pid() -> int:
+    """In a worker process of a command: the command's pid; 0 in the command's own process (or
+    outside any command)."""
+    master = int(os.environ.get(MASTER_PID) or 0)
+    return master if master != os.getpid() else 0
+
+
 def watch_master() -> None:
     """In a worker process: exit as soon as the command that started it is gone (killed), so no
     orphan keeps training and holding run directories; the runs it had continue from their
     checkpoints when the command runs again. Idempotent; nothing in the command's own process."""
-    master = int(os.environ.get(MASTER_PID) or 0)
-    if not master or master == os.getpid() or _WATCHING:
+    master = _command_pid()
+    if not master or _WATCHING:
         return
     import threading
     import time
@@ -252,8 +267,7 @@ def interruptible():
     import signal
     import threading
 
-    master = int(os.environ.get(MASTER_PID) or 0)
-    if not master or master == os.getpid() or threading.current_thread() is not threading.main_thread():
+    if not _command_pid() or threading.current_thread() is not threading.main_thread():
         yield
         return
 

@@ -121,6 +121,11 @@ def test_worker_count_follows_joblib(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert [worker_count(n, 20) for n in (-1, None, 0, -2, -8, 3)] == [8, 8, 8, 7, 1, 3]
     assert worker_count(-1, 3) == 3 and worker_count(16, 5) == 5 and worker_count(2, 0) == 1
+    # The ensemble launcher's worker processes: the command's own process runs one ensemble when
+    # each has a process of its own; one process in all needs no worker.
+    from runner.sweep import ensemble_pool
+    assert [ensemble_pool(-1, g) for g in (1, 2, 8, 20)] == [0, 1, 7, 8]
+    assert ensemble_pool(1, 5) == 0 and ensemble_pool(2, 2) == 1 and ensemble_pool(2, 5) == 2
 
 
 def test_progress_counts_finished_jobs():
