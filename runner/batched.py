@@ -227,9 +227,15 @@ class BatchedLinear(_Batched):
         self.out_features = module.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, *b = self.tensors()                             # (K, out, in), (K, out)
+        w, *b = self.tensors()                             # (K, out, in), (K, out); K = 1: (out, in), (out,)
         b = b[0] if b else None
         m = self.members
+        if x.dim() == 2 and not x.requires_grad and torch.is_grad_enabled() and not x.is_cuda:
+            # Training, on rows no gradient flows back into (the input batch), K = 1 too. (Without
+            # gradients, in evaluation, the plain F.linear below: a run's model gives the bits of
+            # the nn.Module it exports.)
+            spans = m.groups if m.shared(x) else [(k, k + 1) for k in range(m.k)]
+            return _DataLinear.apply(x, w, b, spans)
         if m.k == 1:                                       # a single run: plain F.linear
             return F.linear(x, w, b)
         if m.shared(x) and not x.is_cuda:
@@ -244,38 +250,153 @@ class BatchedLinear(_Batched):
         return h.reshape(m.k * m.batch, *x.shape[1:-1], self.out_features)
 
 
-# Below this many rows per member, PyTorch's CPU bmm may pick another kernel than one member's
-# matmul (measured); there the members are multiplied one by one.
-BMM_MIN_ROWS = 32
+# ------------------------------------------------------------------------- exact batched kernels
+
+_VERDICTS: Dict[tuple, bool] = {}
+
+
+def exact(name: str, batched, per_member, *tensors: torch.Tensor) -> torch.Tensor:
+    """`batched(*tensors)` where it gives every member the bits of `per_member(*tensors)` (the
+    kernels each member's run alone calls), else `per_member(*tensors)`. PyTorch's CPU matmuls
+    choose their kernels by shapes, layouts and thread count only, and some batched forms round
+    differently from one member's for some shapes (measured here: widths under 4, single rows,
+    weight gradients of 1- or 10-wide inputs, ...). So the first call for each shape compares the
+    two on random tensors of the same shapes and strides and remembers the verdict."""
+    key = (name, torch.get_num_threads(), tuple((tuple(t.shape), t.stride(), t.storage_offset(), t.dtype)
+                                                 for t in tensors))
+    ok = _VERDICTS.get(key)
+    if ok is None:
+        probes = [_random_like(t) for t in tensors]
+        with torch.no_grad():
+            ok = _VERDICTS[key] = torch.equal(batched(*probes), per_member(*probes))
+    return batched(*tensors) if ok else per_member(*tensors)
+
+
+_PROBE_GENERATOR = torch.Generator().manual_seed(0)
+
+
+def _random_like(t: torch.Tensor) -> torch.Tensor:
+    """Normal noise with t's shape, strides and storage offset (an expanded t stays expanded)."""
+    span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())) if t.numel() else 0
+    storage = torch.empty(t.storage_offset() + span, dtype=t.dtype).normal_(generator=_PROBE_GENERATOR)
+    return storage.as_strided(t.shape, t.stride(), t.storage_offset())
+
+
+class _DataLinear(torch.autograd.Function):
+    """Linear on rows that need no gradient, K members (K = 1 included): each member's output is
+    (W x^T)^T + b, i.e. torch.mm(W, x.t()): with the weight as the left operand a narrow layer
+    (the seed's 8-wide first layer) runs ~1.6x faster on one core than F.linear's x W^T (measured),
+    and stacking members' weights along that operand's rows gives, for most shapes, one matmul
+    for a whole seed group whose rows equal each member's own (checked per shape by `exact`).
+    x: (G*B, in) shared rows, spans[g] = the members of group g; or (K*B, in) member-major rows
+    with spans = one member each. w: (K, out, in) or (out, in) for K = 1."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, spans):
+        single = w.dim() == 2
+        w3 = w.unsqueeze(0) if single else w
+        k, o, i = w3.shape
+        groups = len(spans)
+        rows = x.shape[0] // groups
+        out = torch.empty(k, rows, o, dtype=x.dtype)
+        xs = x.view(groups, rows, i)
+        if groups == k:                                    # one batch per member
+            hs = [(0, k, exact("linear-data-bmm", _bmm_wxt, _loop_wxt, w3, xs))]
+        else:                                              # one batch per group of members
+            hs = [(s, e, exact("linear-data-rows", _rows_wxt, _loop_wxt, w3[s:e], xs[g:g + 1]))
+                  for g, (s, e) in enumerate(spans)]
+        for s, e, h in hs:                                 # h: (members, out, rows)
+            if b is None:
+                out[s:e].copy_(h.transpose(1, 2))
+            else:
+                b2 = b.view(1, -1) if single else b[s:e]
+                torch.add(h.transpose(1, 2), b2.unsqueeze(1), out=out[s:e])
+        ctx.save_for_backward(x, w)
+        ctx.spans, ctx.has_bias, ctx.single = spans, b is not None, single
+        return out.view(k * rows, o)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        spans, single = ctx.spans, ctx.single
+        k = 1 if single else w.shape[0]
+        o, i = w.shape[-2:]
+        groups = len(spans)
+        rows = x.shape[0] // groups
+        gt = g.reshape(k, rows, o).transpose(1, 2).contiguous()      # (K, out, rows)
+        xs = x.view(groups, rows, i)
+        dw = db = None
+        if ctx.needs_input_grad[1]:
+            if groups == k:
+                dw = exact("linear-data-dw-bmm", _bmm_gx, _loop_gx, gt, xs)
+            else:
+                dw = torch.cat([exact("linear-data-dw-rows", _rows_gx, _loop_gx, gt[s:e], xs[gi:gi + 1])
+                                for gi, (s, e) in enumerate(spans)])
+            dw = dw[0] if single else dw
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = exact("linear-data-db", lambda gt: gt.sum(2),
+                       lambda gt: torch.cat([gt[m:m + 1].sum(2) for m in range(gt.shape[0])]), gt)
+            db = db[0] if single else db
+        return None, dw, db, None
+
+
+def _bmm_wxt(w, xs):        # (K, out, in), (K, rows, in) -> (K, out, rows)
+    return torch.bmm(w, xs.transpose(1, 2))
+
+
+def _rows_wxt(w, xs):       # (n, out, in), (1, rows, in): one matmul, the members' weights stacked
+    return torch.mm(w.reshape(-1, w.shape[-1]), xs[0].t()).view(w.shape[0], w.shape[1], -1)
+
+
+def _loop_wxt(w, xs):       # member by member: what a run alone computes
+    return torch.stack([torch.mm(w[m], xs[m if xs.shape[0] > 1 else 0].t()) for m in range(w.shape[0])])
+
+
+def _bmm_gx(gt, xs):        # (K, out, rows), (K, rows, in) -> (K, out, in)
+    return torch.bmm(gt, xs)
+
+
+def _rows_gx(gt, xs):       # (n, out, rows), (1, rows, in)
+    return torch.mm(gt.reshape(-1, gt.shape[-1]), xs[0]).view(gt.shape[0], gt.shape[1], -1)
+
+
+def _loop_gx(gt, xs):
+    return torch.stack([torch.mm(gt[m], xs[m if xs.shape[0] > 1 else 0]) for m in range(gt.shape[0])])
 
 
 class _LinearK(torch.autograd.Function):
-    """(K, N, in) @ (K, out, in)^T + (K, out) -> (K, N, out) for K members, computed so that each
-    member gets the bits F.linear gives it alone: forward and input gradient as one bmm (equal
-    to the member's addmm/mm for N >= BMM_MIN_ROWS, checked over many shapes), the weight
-    gradient as one mm per member (a batched one rounds differently for some widths, e.g. 10).
-    On a GPU all three are one bmm each (its kernels are not K-invariant anyway, and a launch per
-    member would dominate a CUDA-graphed step of many small members)."""
+    """(K, N, in) @ (K, out, in)^T + (K, out) -> (K, N, out) for K members whose rows need a
+    gradient, computed so that each member gets the bits F.linear (and its backward) gives it
+    alone: each product as one bmm where `exact` has seen that equal to the member's own matmul
+    for these shapes, else member by member. On a GPU all three are one bmm each (its kernels are
+    not K-invariant anyway, and a launch per member would dominate a CUDA-graphed step of many
+    small members)."""
 
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        if x.shape[1] >= BMM_MIN_ROWS or x.is_cuda:
+        if x.is_cuda:
             return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)) if b is not None \
                 else torch.bmm(x, w.transpose(1, 2))
-        return torch.stack([F.linear(x[k], w[k], None if b is None else b[k]) for k in range(w.shape[0])])
+        if b is None:
+            return exact("linear-bmm", lambda x, w: torch.bmm(x, w.transpose(1, 2)),
+                         lambda x, w: torch.stack([F.linear(x[m], w[m]) for m in range(w.shape[0])]), x, w)
+        return exact("linear-baddbmm", lambda x, w, b: torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)),
+                     lambda x, w, b: torch.stack([F.linear(x[m], w[m], b[m]) for m in range(w.shape[0])]), x, w, b)
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         dx = dw = db = None
+        cuda = g.is_cuda
         if ctx.needs_input_grad[0]:
-            dx = torch.bmm(g, w) if g.shape[1] >= BMM_MIN_ROWS or g.is_cuda \
-                else torch.stack([g[k] @ w[k] for k in range(w.shape[0])])
+            dx = torch.bmm(g, w) if cuda else \
+                exact("linear-dx", torch.bmm, lambda g, w: torch.stack([g[m] @ w[m] for m in range(w.shape[0])]), g, w)
         if ctx.needs_input_grad[1]:
-            dw = torch.bmm(g.transpose(1, 2), x) if g.is_cuda \
-                else torch.stack([g[k].t().mm(x[k]) for k in range(w.shape[0])])
+            gt = g.transpose(1, 2)
+            dw = torch.bmm(gt, x) if cuda else \
+                exact("linear-dw", torch.bmm, lambda gt, x: torch.stack([gt[m].mm(x[m]) for m in range(x.shape[0])]), gt, x)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g.sum(1)
         return dx, dw, db

@@ -34,6 +34,11 @@ GRIDS = {
                 [["seed=0", "optim.lr=0.05"], ["seed=1", "optim.lr=0.1", "optim.weight_decay=0.01"],
                  ["seed=0", "init=xavier", "optim.momentum=0.9"], ["seed=2", "model.dropout=0.3", "init=kaiming"],
                  ["seed=1", "optim.lr=0.2", "model.dropout=0.1"]]),
+    # Narrow layers (3 wide: a stacked matmul rounds differently there, so `exact` falls back to one
+    # per member) and 50-row batches (not a multiple of the CPU cross-entropy's vector width).
+    "mlp-narrow": (["model.hidden=[8,3]", "data.batch_size=50", "data.limit=500"],
+                   [["seed=0", "optim.lr=0.05"], ["seed=0", "optim.lr=0.2", "model.dropout=0.2"],
+                    ["seed=0", "optim.weight_decay=0.01", "optim.momentum=0.9"], ["seed=3", "init=xavier"]]),
     "cnn-adam": (["model=cnn", "model.channels=[4,4,4]", "sharing=all_hidden", "optim=adam", "data.limit=300"],
                  [["seed=0", "optim.lr=0.01"], ["seed=1", "optim.lr=0.003", "optim.weight_decay=0.01"],
                   ["seed=0", "init=xavier", "model.dropout=0.2"]]),
