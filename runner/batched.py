@@ -261,7 +261,10 @@ def exact(name: str, batched, per_member, *tensors: torch.Tensor) -> torch.Tenso
     choose their kernels by shapes, layouts and thread count only, and some batched forms round
     differently from one member's for some shapes (measured here: widths under 4, single rows,
     weight gradients of 1- or 10-wide inputs, ...). So the first call for each shape compares the
-    two on random tensors of the same shapes and strides and remembers the verdict."""
+    two on random tensors of the same shapes and strides and remembers the verdict. One member:
+    its own kernel (a batch of one is no faster, and bmm's was 1.5x slower than mm here)."""
+    if tensors[0].shape[0] == 1:
+        return per_member(*tensors)
     key = (name, torch.get_num_threads(), tuple((tuple(t.shape), t.stride(), t.storage_offset(), t.dtype)
                                                  for t in tensors))
     ok = _VERDICTS.get(key)
@@ -293,50 +296,52 @@ class _DataLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b, spans):
-        single = w.dim() == 2
-        w3 = w.unsqueeze(0) if single else w
-        k, o, i = w3.shape
+        ctx.save_for_backward(x, w)
+        ctx.spans, ctx.has_bias = spans, b is not None
+        if w.dim() == 2:                                   # a run alone: what each member computes
+            out = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype)
+            h = torch.mm(w, x.t())                         # (out, rows)
+            return out.copy_(h.t()) if b is None else torch.add(h.t(), b, out=out)
+        k, o, i = w.shape
         groups = len(spans)
         rows = x.shape[0] // groups
         out = torch.empty(k, rows, o, dtype=x.dtype)
         xs = x.view(groups, rows, i)
         if groups == k:                                    # one batch per member
-            hs = [(0, k, exact("linear-data-bmm", _bmm_wxt, _loop_wxt, w3, xs))]
+            hs = [(0, k, exact("linear-data-bmm", _bmm_wxt, _loop_wxt, w, xs))]
         else:                                              # one batch per group of members
-            hs = [(s, e, exact("linear-data-rows", _rows_wxt, _loop_wxt, w3[s:e], xs[g:g + 1]))
+            hs = [(s, e, exact("linear-data-rows", _rows_wxt, _loop_wxt, w[s:e], xs[g:g + 1]))
                   for g, (s, e) in enumerate(spans)]
         for s, e, h in hs:                                 # h: (members, out, rows)
             if b is None:
                 out[s:e].copy_(h.transpose(1, 2))
             else:
-                b2 = b.view(1, -1) if single else b[s:e]
-                torch.add(h.transpose(1, 2), b2.unsqueeze(1), out=out[s:e])
-        ctx.save_for_backward(x, w)
-        ctx.spans, ctx.has_bias, ctx.single = spans, b is not None, single
+                torch.add(h.transpose(1, 2), b[s:e].unsqueeze(1), out=out[s:e])
         return out.view(k * rows, o)
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        spans, single = ctx.spans, ctx.single
-        k = 1 if single else w.shape[0]
-        o, i = w.shape[-2:]
+        need_w, need_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        if w.dim() == 2:                                   # a run alone
+            gt = g.t().contiguous()                        # (out, rows)
+            return None, torch.mm(gt, x) if need_w else None, gt.sum(1) if need_b else None, None
+        spans = ctx.spans
+        k, o, i = w.shape
         groups = len(spans)
         rows = x.shape[0] // groups
         gt = g.reshape(k, rows, o).transpose(1, 2).contiguous()      # (K, out, rows)
         xs = x.view(groups, rows, i)
         dw = db = None
-        if ctx.needs_input_grad[1]:
+        if need_w:
             if groups == k:
                 dw = exact("linear-data-dw-bmm", _bmm_gx, _loop_gx, gt, xs)
             else:
                 dw = torch.cat([exact("linear-data-dw-rows", _rows_gx, _loop_gx, gt[s:e], xs[gi:gi + 1])
                                 for gi, (s, e) in enumerate(spans)])
-            dw = dw[0] if single else dw
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if need_b:
             db = exact("linear-data-db", lambda gt: gt.sum(2),
-                       lambda gt: torch.cat([gt[m:m + 1].sum(2) for m in range(gt.shape[0])]), gt)
-            db = db[0] if single else db
+                       lambda gt: torch.stack([gt[m].sum(1) for m in range(gt.shape[0])]), gt)
         return None, dw, db, None
 
 

@@ -397,7 +397,7 @@ def main() -> None:
     """`python -m runner.train [overrides]` / `paramlab-train`."""
     import hydra
 
-    from .sweep import prewarm_workers, sweep_exit_code
+    from .sweep import prewarm_workers, quick_exit, stop_workers, sweep_exit_code
 
     def warm(plan: Plan) -> None:
         n = _parallel_workers(plan)
@@ -413,7 +413,9 @@ def main() -> None:
         print("paramlab: interrupted; runs not finished are marked failed and continue after their last "
               "completed epoch when the same command runs again", file=sys.stderr, flush=True)
         sys.exit(130)
-    sys.exit(sweep_exit_code())
+    stop_workers()
+    quick_exit(sweep_exit_code())
+
 
 
 def _parallel_workers(plan: Plan) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -218,6 +219,37 @@ def watch_master() -> None:
 
     _WATCHING.append(threading.Thread(target=watch, name="paramlab-watch-master", daemon=True))
     _WATCHING[0].start()
+    import atexit
+
+    atexit.register(_exit_worker)
+
+
+def _exit_worker() -> None:
+    """A worker's last step when the pool stops it (its jobs have returned, their files are
+    closed): Python's exit handlers that matter for a worker, then out without unloading torch
+    (~0.5 s, which the command would wait for)."""
+    import logging
+    from multiprocessing import util
+
+    logging.shutdown()
+    util._exit_function()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def quick_exit(code: int) -> None:
+    """The command's own end: exit handlers, flushed output, then out without the interpreter's
+    teardown (~0.5 s of unloading torch and its modules). Every file it wrote is closed by now
+    (runs close theirs as each epoch ends) and its workers are stopped (stop_workers)."""
+    import atexit
+    import logging
+
+    logging.shutdown()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _warm_worker() -> int:
@@ -243,6 +275,16 @@ def prewarm_workers(n_workers: int) -> None:
     pool = workers(n_workers)
     for _ in range(n_workers):
         pool.submit(_warm_worker)
+
+
+def stop_workers() -> None:
+    """End the worker processes now (they are idle: every job has returned and its files are
+    closed), rather than waiting at exit for each to unload torch (~0.5 s)."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = reusable_executor._executor
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=False)
 
 
 def interrupt_workers(executor) -> None:
