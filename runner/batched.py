@@ -258,14 +258,14 @@ _VERDICTS: Dict[tuple, bool] = {}
 def exact(name: str, batched, per_member, *tensors: torch.Tensor) -> torch.Tensor:
     """`batched(*tensors)` where it gives every member the bits of `per_member(*tensors)` (the
     kernels each member's run alone calls), else `per_member(*tensors)`. PyTorch's CPU matmuls
-    choose their kernels by shapes, layouts and thread count only, and some batched forms round
-    differently from one member's for some shapes (measured here: widths under 4, single rows,
-    weight gradients of 1- or 10-wide inputs, ...). So the first call for each shape compares the
-    two on random tensors of the same shapes and strides and remembers the verdict. One member:
-    its own kernel (a batch of one is no faster, and bmm's was 1.5x slower than mm here)."""
+    choose their kernels by shapes, layouts, alignment and thread count only, and some batched
+    forms round differently from one member's for some shapes (measured here: widths under 4,
+    single rows, weight gradients of 1- or 10-wide inputs, ...). So the first call for each of
+    these compares the two on random tensors of the same shapes, strides and alignment and
+    remembers the verdict. One member: its own kernel (bmm of one was 1.5x slower than mm here)."""
     if tensors[0].shape[0] == 1:
         return per_member(*tensors)
-    key = (name, torch.get_num_threads(), tuple((tuple(t.shape), t.stride(), t.storage_offset(), t.dtype)
+    key = (name, torch.get_num_threads(), tuple((tuple(t.shape), t.stride(), _misalignment(t), t.dtype)
                                                  for t in tensors))
     ok = _VERDICTS.get(key)
     if ok is None:
@@ -276,13 +276,20 @@ def exact(name: str, batched, per_member, *tensors: torch.Tensor) -> torch.Tenso
 
 
 _PROBE_GENERATOR = torch.Generator().manual_seed(0)
+_ALIGN = 64                                               # bytes: what a CPU tensor's storage is aligned to
+
+
+def _misalignment(t: torch.Tensor) -> int:
+    """t's first element, in elements past a 64-byte boundary (a slice starts anywhere)."""
+    return t.storage_offset() % max(1, _ALIGN // t.element_size())
 
 
 def _random_like(t: torch.Tensor) -> torch.Tensor:
-    """Normal noise with t's shape, strides and storage offset (an expanded t stays expanded)."""
+    """Noise with t's shape, strides and alignment (an expanded t stays expanded)."""
     span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())) if t.numel() else 0
-    storage = torch.empty(t.storage_offset() + span, dtype=t.dtype).normal_(generator=_PROBE_GENERATOR)
-    return storage.as_strided(t.shape, t.stride(), t.storage_offset())
+    offset = _misalignment(t)
+    storage = torch.empty(offset + span, dtype=t.dtype).uniform_(-1, 1, generator=_PROBE_GENERATOR)
+    return storage.as_strided(t.shape, t.stride(), offset)
 
 
 class _DataLinear(torch.autograd.Function):
