@@ -106,8 +106,17 @@ def _write_parquet(path: Path, table: "pa.Table") -> None:
 def write_table(run_dir: Path, table: str, epoch: int, columns: dict) -> Path:
     """Write one epoch's rows of `table` (a dict of columns) atomically; returns the file path."""
     path = epoch_file(run_dir, table, epoch)
-    _write_parquet(path, pa.Table.from_pydict(columns, schema=SCHEMAS[table]))
+    rows = pa.Table.from_pydict(columns, schema=SCHEMAS[table])
+    _write_parquet(path, rows)
+    if table in COMPACT_TABLES:
+        _WRITTEN[str(path)] = rows
     return path
+
+
+# The compactable tables this process wrote, by file: compact_run takes its rows from here instead of
+# reading its own files back (~0.25 s per 9 runs of 10 epochs here). Entries leave with their run's
+# compaction or clearing; what a killed or failed run leaves here is a few small tables.
+_WRITTEN: Dict[str, "pa.Table"] = {}
 
 
 def clear_tables(run_dir: Path) -> None:
@@ -116,6 +125,7 @@ def clear_tables(run_dir: Path) -> None:
         if folder.is_dir():
             for f in folder.iterdir():
                 if f.suffix == ".parquet" or f.name.startswith("."):
+                    _WRITTEN.pop(str(f), None)
                     f.unlink()
 
 
@@ -177,7 +187,9 @@ def compact_run(run_dir: str | os.PathLike) -> List[Path]:
             target.unlink(missing_ok=True)
             continue
         schema = SCHEMAS[table]
-        _write_parquet(target, pa.concat_tables([pq.read_table(f, schema=schema) for f in files]))
+        parts = [_WRITTEN.pop(str(f), None) for f in files]
+        parts = [rows if rows is not None else pq.read_table(f, schema=schema) for rows, f in zip(parts, files)]
+        _write_parquet(target, pa.concat_tables(parts))
         written.append(target)
     return written
 

@@ -130,6 +130,21 @@ def test_plain_parquet_read_by_duckdb_and_pandas(make_cfg, tmp_path):
     assert site == 4  # 2 sites x 2 epochs
 
 
+def test_compact_copy_holds_exactly_the_epoch_files(make_cfg, tmp_path):
+    """compact/ is written from the tables the run wrote in this process (not read back): its
+    rows must still be the epoch files' rows, in epoch order, for each table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run(make_cfg("sharing=all_hidden", "trainer.epochs=3"), tmp_path / "r")
+    for table in snapshot.COMPACT_TABLES:
+        files = snapshot.epoch_files(tmp_path / "r", table)
+        assert len(files) == (4 if table != "metrics" else 3)
+        expected = pa.concat_tables([pq.read_table(f, schema=snapshot.SCHEMAS[table]) for f in files])
+        assert pq.read_table(snapshot.compact_file(tmp_path / "r", table)).equals(expected), table
+    assert not any(str(tmp_path) in key for key in snapshot._WRITTEN)   # nothing kept after the run
+
+
 def test_tensors_off(make_cfg, tmp_path):
     run(make_cfg("snapshot.tensors=false", "trainer.epochs=1"), tmp_path / "r")
     assert not (tmp_path / "r" / "tensors").exists() or not list((tmp_path / "r" / "tensors").iterdir())
