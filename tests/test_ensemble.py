@@ -93,3 +93,27 @@ def test_member_group_index_outlives_grouping_changes(make_cfg):
     assert training.tolist() == [0, 0, 1]
     assert members.set_groups([(0, 3)]).tolist() == [0, 0, 0]
     assert members.set_groups([(0, 2), (2, 3)]) is training and training.tolist() == [0, 0, 1]
+
+
+def test_dropout_masks_rate_scale_and_own_generator(make_cfg):
+    """Each member drops a fraction p of its rows' units with its own rate, scales the rest by
+    1 / (1 - p), and draws exactly the mask a run alone with the same dropout seed draws."""
+    import torch
+
+    from runner.batched import Members
+    from runner.engine import build
+
+    rates = [0.0, 0.2, 0.5]
+    torch.manual_seed(0)
+    templates, tie_map = zip(*[build(make_cfg()) for _ in rates])
+    members = Members(list(templates), tie_map[0], "cpu", [11, 12, 13])
+    x = torch.ones(len(rates) * 4000, 8)
+    out = members.dropout(x, rates, channelwise=False).view(len(rates), 4000, 8)
+    for m, p in enumerate(rates):
+        dropped = (out[m] == 0).double().mean().item()
+        assert abs(dropped - p) < 0.02, (p, dropped)
+        kept = out[m][out[m] != 0]
+        assert torch.equal(kept, torch.full_like(kept, 1.0 / (1.0 - p)))
+        model, ties = build(make_cfg())
+        alone = Members([model], ties, "cpu", [11 + m])
+        assert torch.equal(alone.dropout(torch.ones(4000, 8), [p], channelwise=False), out[m])
