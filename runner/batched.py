@@ -149,7 +149,7 @@ class Members:
             for m, (p, generator) in enumerate(zip(rates, self.dropout_generators)):
                 if p:
                     uniform[m].uniform_(0.0, 1.0, generator=generator)
-            mask = (uniform < keep).to(x.dtype)
+            mask = uniform.lt_(keep)                          # 1.0 where kept, in place
         return (x.reshape(k, b, *x.shape[1:]) * mask.div_(keep)).reshape(x.shape)
 
     def _keep(self, rates: Sequence[float], device, dims: int) -> torch.Tensor:
