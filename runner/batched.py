@@ -233,8 +233,12 @@ class BatchedLinear(_Batched):
         b = b[0] if b else None
         m = self.members
         if x.dim() == 2 and not x.requires_grad and not x.is_cuda:
-            # Rows no gradient flows back into (the input batch; every layer in evaluation), K = 1
-            # too. (So a run's numbers match its exported nn.Module's to float rounding, not bits.)
+            # Rows no gradient flows back into (the input batch; every layer in evaluation): each
+            # member computes (W x^T + b)^T, a run alone with plain autograd ops (no Python node:
+            # ~10 us a step less). Its numbers match its exported nn.Module's to float rounding.
+            if m.k == 1:
+                h = torch.mm(w, x.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x.t())
+                return h.t().contiguous()
             spans = m.groups if m.shared(x) else [(k, k + 1) for k in range(m.k)]
             return _DataLinear.apply(x, w, b, spans)
         if m.k == 1:                                       # a single run: plain F.linear
@@ -294,87 +298,88 @@ def _random_like(t: torch.Tensor) -> torch.Tensor:
 
 
 class _DataLinear(torch.autograd.Function):
-    """Linear on rows that need no gradient, K members (K = 1 included): each member's output is
-    (W x^T)^T + b, i.e. torch.mm(W, x.t()): with the weight as the left operand a narrow layer
-    (the seed's 8-wide first layer) runs ~1.6x faster on one core than F.linear's x W^T (measured),
-    and stacking members' weights along that operand's rows gives, for most shapes, one matmul
-    for a whole seed group whose rows equal each member's own (checked per shape by `exact`).
+    """Linear on rows that need no gradient, for K >= 2 members: member m's output is
+    addmm(b_m, W_m, x^T)^T, the product a run alone computes (BatchedLinear), and its gradients
+    are what autograd gives that run: dW_m = g_m^T x, db_m = g_m summed over rows. With the weight
+    as the left operand a narrow layer (the seed's 8-wide first layer) runs ~1.6x faster on one
+    core than F.linear's x W^T, and the weights of the members that see one batch stack into one
+    product (`exact` checks, per shape, that it gives each member its own bits).
     x: (G*B, in) shared rows, spans[g] = the members of group g; or (K*B, in) member-major rows
-    with spans = one member each. w: (K, out, in) or (out, in) for K = 1."""
+    with spans = one member each. w: (K, out, in); b: (K, out) or None."""
 
     @staticmethod
     def forward(ctx, x, w, b, spans):
         ctx.save_for_backward(x, w)
         ctx.spans, ctx.has_bias = spans, b is not None
-        if w.dim() == 2:                                   # a run alone: what each member computes
-            out = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype)
-            h = torch.mm(w, x.t())                         # (out, rows)
-            return out.copy_(h.t()) if b is None else torch.add(h.t(), b, out=out)
         k, o, i = w.shape
         groups = len(spans)
         rows = x.shape[0] // groups
         out = torch.empty(k, rows, o, dtype=x.dtype)
         xs = x.view(groups, rows, i)
+        bs = b.unsqueeze(2) if b is not None else w.new_zeros(0)     # (K, out, 1); unused without bias
         if groups == k:                                    # one batch per member
-            hs = [(0, k, exact("linear-data-bmm", _bmm_wxt, _loop_wxt, w, xs))]
+            h = exact("linear-data-bmm", _bmm_wxt, _loop_wxt, w, xs, bs)
+            out.copy_(h.transpose(1, 2))
         else:                                              # one batch per group of members
-            hs = [(s, e, exact("linear-data-rows", _rows_wxt, _loop_wxt, w[s:e], xs[g:g + 1]))
-                  for g, (s, e) in enumerate(spans)]
-        for s, e, h in hs:                                 # h: (members, out, rows)
-            if b is None:
+            for g, (s, e) in enumerate(spans):
+                h = exact("linear-data-rows", _rows_wxt, _loop_wxt, w[s:e], xs[g:g + 1], bs[s:e])
                 out[s:e].copy_(h.transpose(1, 2))
-            else:
-                torch.add(h.transpose(1, 2), b[s:e].unsqueeze(1), out=out[s:e])
         return out.view(k * rows, o)
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        need_w, need_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
-        if w.dim() == 2:                                   # a run alone
-            gt = g.t().contiguous()                        # (out, rows)
-            return None, torch.mm(gt, x) if need_w else None, gt.sum(1) if need_b else None, None
         spans = ctx.spans
         k, o, i = w.shape
         groups = len(spans)
         rows = x.shape[0] // groups
-        gt = g.reshape(k, rows, o).transpose(1, 2).contiguous()      # (K, out, rows)
+        gs = g.reshape(k, rows, o)
         xs = x.view(groups, rows, i)
         dw = db = None
-        if need_w:
+        if ctx.needs_input_grad[1]:
             if groups == k:
-                dw = exact("linear-data-dw-bmm", _bmm_gx, _loop_gx, gt, xs)
+                dw = exact("linear-data-dw-bmm", _bmm_gx, _loop_gx, gs, xs)
             else:
-                dw = torch.cat([exact("linear-data-dw-rows", _rows_gx, _loop_gx, gt[s:e], xs[gi:gi + 1])
+                dw = torch.cat([exact("linear-data-dw-rows", _rows_gx, _loop_gx, gs[s:e], xs[gi:gi + 1])
                                 for gi, (s, e) in enumerate(spans)])
-        if need_b:
-            db = exact("linear-data-db", lambda gt: gt.sum(2),
-                       lambda gt: torch.stack([gt[m].sum(1) for m in range(gt.shape[0])]), gt)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = exact("linear-data-db", lambda gs: gs.sum(1),
+                       lambda gs: torch.stack([gs[m].sum(0) for m in range(gs.shape[0])]), gs)
         return None, dw, db, None
 
 
-def _bmm_wxt(w, xs):        # (K, out, in), (K, rows, in) -> (K, out, rows)
-    return torch.bmm(w, xs.transpose(1, 2))
+# The products of _DataLinear: member by member (a run alone's), and two batched forms.
+# w (n, out, in), xs (n or 1, rows, in), bs (n, out, 1) or empty (no bias) -> (n, out, rows)
+def _loop_wxt(w, xs, bs):
+    x = [xs[m if xs.shape[0] > 1 else 0].t() for m in range(w.shape[0])]
+    if bs.numel() == 0:
+        return torch.stack([torch.mm(w[m], x[m]) for m in range(w.shape[0])])
+    return torch.stack([torch.addmm(bs[m], w[m], x[m]) for m in range(w.shape[0])])
 
 
-def _rows_wxt(w, xs):       # (n, out, in), (1, rows, in): one matmul, the members' weights stacked
-    return torch.mm(w.reshape(-1, w.shape[-1]), xs[0].t()).view(w.shape[0], w.shape[1], -1)
+def _bmm_wxt(w, xs, bs):
+    return torch.bmm(w, xs.transpose(1, 2)) if bs.numel() == 0 else torch.baddbmm(bs, w, xs.transpose(1, 2))
 
 
-def _loop_wxt(w, xs):       # member by member: what a run alone computes
-    return torch.stack([torch.mm(w[m], xs[m if xs.shape[0] > 1 else 0].t()) for m in range(w.shape[0])])
+def _rows_wxt(w, xs, bs):   # the members' weights stacked into one product
+    n, o, i = w.shape
+    if bs.numel() == 0:
+        return torch.mm(w.reshape(n * o, i), xs[0].t()).view(n, o, -1)
+    return torch.addmm(bs.reshape(n * o, 1), w.reshape(n * o, i), xs[0].t()).view(n, o, -1)
 
 
-def _bmm_gx(gt, xs):        # (K, out, rows), (K, rows, in) -> (K, out, in)
-    return torch.bmm(gt, xs)
+# gs (n, rows, out), xs (n or 1, rows, in) -> (n, out, in): each member's g^T x
+def _loop_gx(gs, xs):
+    return torch.stack([torch.mm(gs[m].t(), xs[m if xs.shape[0] > 1 else 0]) for m in range(gs.shape[0])])
 
 
-def _rows_gx(gt, xs):       # (n, out, rows), (1, rows, in)
-    return torch.mm(gt.reshape(-1, gt.shape[-1]), xs[0]).view(gt.shape[0], gt.shape[1], -1)
+def _bmm_gx(gs, xs):
+    return torch.bmm(gs.transpose(1, 2), xs)
 
 
-def _loop_gx(gt, xs):
-    return torch.stack([torch.mm(gt[m], xs[m if xs.shape[0] > 1 else 0]) for m in range(gt.shape[0])])
+def _rows_gx(gs, xs):
+    n, rows, o = gs.shape
+    return torch.mm(gs.transpose(1, 2).reshape(n * o, rows), xs[0]).view(n, o, -1)
 
 
 class _LinearK(torch.autograd.Function):
