@@ -402,7 +402,7 @@ def main() -> None:
     def warm(plan: Plan) -> None:
         n = _parallel_workers(plan)
         if n > 0:
-            prewarm_workers(n)
+            prewarm_workers(n, _data_of(plan.base))
 
     guard("train", on_expanded=warm)
     hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -416,6 +416,11 @@ def main() -> None:
     stop_workers()
     quick_exit(sweep_exit_code())
 
+
+
+def _data_of(cfg) -> tuple:
+    """(data.root, data.limit, device) of a composed config, for preloading the dataset."""
+    return str(cfg.data.root), cfg.data.limit, str(cfg.device)
 
 
 def _parallel_workers(plan: Plan) -> int:

@@ -252,12 +252,14 @@ def quick_exit(code: int) -> None:
     os._exit(code)
 
 
-def _warm_worker() -> int:
+def _warm_worker(data: Optional[tuple]) -> int:
     watch_master()
     import torch  # noqa: F401  (the import is the point: ~3 s per fresh process)
 
-    from . import engine  # noqa: F401
+    from . import engine
 
+    if data is not None:
+        engine.preload_data(*data)
     return os.getpid()
 
 
@@ -269,12 +271,13 @@ def workers(n_workers: int):
     return get_memmapping_executor(n_workers, timeout=300)
 
 
-def prewarm_workers(n_workers: int) -> None:
-    """Start the worker processes (importing torch and the engine, ~3 s each) while the main
-    process checks the command, so they are warm when the jobs start."""
+def prewarm_workers(n_workers: int, data: Optional[tuple] = None) -> None:
+    """Start the worker processes (importing torch and the engine, ~3 s each, then loading
+    `data` = (root, limit, device) if given) while the main process checks the command, so they
+    are warm when the jobs start."""
     pool = workers(n_workers)
     for _ in range(n_workers):
-        pool.submit(_warm_worker)
+        pool.submit(_warm_worker, data)
 
 
 def stop_workers() -> None:
