@@ -833,54 +833,22 @@ def cross_entropy(logits, y):
 
     On the CPU as log_softmax over the classes of a class-major copy (C, K*B'), B' = B padded to
     CE_PAD: F.cross_entropy's row-wise kernel handles 10 classes one row at a time (measured on
-    2 cores, forward and backward of 9 x 256 rows, one thread: 390 us; this: 120 us), and here a
-    member's numbers do not depend on how many others share the call (a run alone is K = 1)."""
-    import torch.nn.functional as F
-
-    if logits.is_cuda:
-        k, b = y.shape
-        return F.cross_entropy(logits, y.reshape(-1), reduction="none").view(k, b)
-    return _cpu_cross_entropy().apply(logits, y)
-
-
-_CE_FUNCTION: list = []
-
-
-def _cpu_cross_entropy():
-    """The CPU cross-entropy as one autograd node (made on first use: the engine imports torch
-    lazily). Its backward is the log_softmax backward autograd would run, on the same padded
-    class-major tensors, returning a row-major gradient: a class-major (permuted) one made the
-    last layer's backward matmuls ~2x slower (measured, 2 threads)."""
-    if _CE_FUNCTION:
-        return _CE_FUNCTION[0]
+    2 cores, forward and backward of 9 x 256 rows, one thread: 390 us; this: 100 us), and here a
+    member's numbers do not depend on how many others share the call (a run alone is K = 1).
+    Plain autograd ops: the same written as an autograd.Function cost a single run ~45 us a step
+    (measured, 2 threads), more than the whole cross-entropy."""
     import torch
     import torch.nn.functional as F
 
-    class CrossEntropy(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, logits, y):
-            k, b = y.shape
-            c = logits.shape[1]
-            padded = -(-b // CE_PAD) * CE_PAD
-            columns = F.pad(logits.view(k, b, c).permute(2, 0, 1), (0, padded - b))    # (C, K, B'), contiguous
-            log_p = torch.log_softmax(columns.view(c, k * padded), 0)
-            index = y.reshape(1, k, b)
-            ctx.save_for_backward(log_p, index)
-            return log_p.view(c, k, padded).gather(0, index).view(k, b).neg_()
-
-        @staticmethod
-        def backward(ctx, g):
-            log_p, index = ctx.saved_tensors
-            c, k, b = log_p.shape[0], g.shape[0], g.shape[1]
-            padded = log_p.shape[1] // k
-            grad = torch.zeros(c, k, padded, dtype=g.dtype).scatter_(0, index, g.neg().view(1, k, b))
-            grad = torch._log_softmax_backward_data(grad.view(c, k * padded), log_p, 0, log_p.dtype)
-            out = torch.empty(k, b, c, dtype=g.dtype)
-            out.copy_(grad.view(c, k, padded)[:, :, :b].permute(1, 2, 0))
-            return out.view(k * b, c), None
-
-    _CE_FUNCTION.append(CrossEntropy)
-    return CrossEntropy
+    k, b = y.shape
+    if logits.is_cuda:
+        return F.cross_entropy(logits, y.reshape(-1), reduction="none").view(k, b)
+    c = logits.shape[1]
+    padded = -(-b // CE_PAD) * CE_PAD
+    rows = logits.view(k, b, c).permute(2, 0, 1)                                  # (C, K, B) view
+    columns = rows.contiguous() if padded == b else F.pad(rows, (0, padded - b))  # (C, K, B')
+    log_p = torch.log_softmax(columns.view(c, k * padded), 0).view(c, k, padded)
+    return -log_p.gather(0, y.reshape(1, k, b)).view(k, b)
 
 
 def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
