@@ -290,8 +290,12 @@ class _Group:
         recorder = Recorder(members, snap, dataset.test_x[:n_act], layers) if snap.enabled else None
         start = self.starts[0]["epoch"] if self.starts[0] else 0
         epochs, every, bs = int(cfg0.trainer.epochs), int(snap.every), int(cfg0.data.batch_size)
-        self.infos = infos = [self._start_info(m, tie_map, device, start) for m in range(k)]
         writer = _Writer(min(k, WRITER_THREADS))
+        self.infos = infos = []
+        for m in range(k):            # each member's first files (cleared tables, run.json) by its writer
+            info, write = self._start_info(m, tie_map, device, start)
+            infos.append(info)
+            writer.submit(m, write)
         status = ["running"] * k
         limits: List[Optional[float]] = [None] * k
         if start:
@@ -395,8 +399,10 @@ class _Group:
                 result.models[position] = export_model(self.cfgs[m], members, m)
 
     # ------------------------------------------------------------------ per member bookkeeping
-    def _start_info(self, m: int, tie_map, device, start: int) -> dict:
-        """The run.json a member starts (or continues) with, written before training."""
+    def _start_info(self, m: int, tie_map, device, start: int):
+        """(the run.json a member starts or continues with, a function that clears what the run
+        had written after its last completed epoch and writes that run.json: its writer runs it
+        before any file of the run's epochs)."""
         import torch
 
         from . import snapshot
@@ -405,11 +411,8 @@ class _Group:
         if start:
             info = json.loads(self.starts[m]["info"])
             info["resumed"] = list(info.get("resumed") or []) + [{"from_epoch": start, "at": _now()}]
-            _clear_tables_after(run_dir, start)
-            shutil.rmtree(run_dir / "compact", ignore_errors=True)  # rewritten when the run ends
             _log(f"paramlab: resuming {run_dir} after epoch {start} of {int(cfg.trainer.epochs)}")
         else:
-            snapshot.clear_tables(run_dir)  # a run restarted into its old directory starts clean
             info = {"paramlab_version": __version__, "run_id": run_dir.name, "status": "running",
                     "config": plain_config(cfg), "overrides": list(self.overrides[m]),
                     "epochs": int(cfg.trainer.epochs), "epochs_completed": 0,
@@ -424,8 +427,17 @@ class _Group:
         info["config"] = plain_config(cfg)        # e.g. trainer.progress, which may differ when continuing
         info["ensemble"] = {"size": self.k, "members": [d.name for d in self.run_dirs]} if self.ensemble else None
         info["_wall_before"] = float(info.get("wall_time_s") or 0.0) if start else 0.0
-        snapshot.write_json(run_dir / "run.json", _public(info))
-        return info
+        first = _public(info)
+
+        def write() -> None:
+            if start:
+                _clear_tables_after(run_dir, start)
+                shutil.rmtree(run_dir / "compact", ignore_errors=True)  # rewritten when the run ends
+            else:
+                snapshot.clear_tables(run_dir)  # a run restarted into its old directory starts clean
+            snapshot.write_json(run_dir / "run.json", first)
+
+        return info, write
 
     def _restore(self, members, optimizer, generators, recorder) -> List[Optional[float]]:
         """Load every member's checkpoint into the batched state (all continue after one epoch)."""
