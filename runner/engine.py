@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -82,21 +83,33 @@ def _load_data(root: str, limit, device):
     from . import data
 
     key = (str(Path(root).resolve()), limit, str(device))
-    if key not in _DATA_CACHE:
-        _DATA_CACHE.clear()
-        _DATA_CACHE[key] = data.load(root, limit, device)
-    return _DATA_CACHE[key]
+    with _DATA_LOCK:                  # a preload under way: wait for it rather than load twice
+        if key not in _DATA_CACHE:
+            _DATA_CACHE.clear()
+            _DATA_CACHE[key] = data.load(root, limit, device)
+        return _DATA_CACHE[key]
 
 
-def preload_data(root: str, limit, device_name: str) -> None:
-    """Load the CPU dataset into this process's cache ahead of its runs (an idle worker, ~0.15-0.2
-    s). Quiet: a problem is for the run's own load to report."""
-    try:
-        device = resolve_device(device_name)
-        if device.type == "cpu":
-            _load_data(root, limit, device)
-    except Exception:
-        pass
+_DATA_LOCK = threading.Lock()
+
+
+def preload_data(root: str, limit, device_name: str, background: bool = False) -> None:
+    """Load the CPU dataset into this process's cache ahead of its runs (~0.15-0.2 s): at once (an
+    idle worker) or in a thread (the ensemble launcher's own process while it hands out the jobs;
+    torch must be imported already, as two threads importing it at once can deadlock). Quiet: a
+    problem is for the run's own load to report."""
+    def load() -> None:
+        try:
+            device = resolve_device(device_name)
+            if device.type == "cpu":
+                _load_data(root, limit, device)
+        except Exception:
+            pass
+
+    if background:
+        threading.Thread(target=load, name="paramlab-preload", daemon=True).start()
+    else:
+        load()
 
 
 def _log(line: str) -> None:

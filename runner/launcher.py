@@ -15,6 +15,7 @@ paramlab_ensemble_launcher holds a three-line subclass of `EnsembleLauncherBase`
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -110,6 +111,16 @@ class EnsembleLauncherBase(Launcher):
         side = f", {workers} side by side ({threads} thread{'s' * (threads > 1)} each)" if workers > 1 else ""
         print(f"paramlab: {len(jobs)} jobs as {len(groups)} ensemble{'s' * (len(groups) > 1)} ({sizes}){side}",
               flush=True)
+        # This process runs the first ensemble itself when every ensemble has a process of its own
+        # (one torch import and dataset load fewer); with more ensembles than processes, all go to
+        # the workers, which take the next as they finish.
+        own = 1 if workers == 1 else workers - ensemble_pool(self.n_jobs, len(groups))
+        if own and "torch" in sys.modules:   # imported by the command's checks
+            from .engine import preload_data
+
+            # The dataset loads in a thread while the jobs are handed out and the ensemble is built.
+            base = jobs[groups[0][0]][1]
+            preload_data(str(base.data.root), base.data.limit, str(base.device), background=True)
         calls = []
         for g, members in enumerate(groups):
             cfgs = [without_hydra(jobs[i][1]) for i in members]
@@ -131,14 +142,10 @@ class EnsembleLauncherBase(Launcher):
                     print(outcome_line(info, jobs[i][2].name, done_text), flush=True)
 
         if workers > 1:
-            # One ensemble per process: this process runs the first (largest) itself and worker
-            # processes the others (one torch import, dataset load and process fewer). With more
-            # ensembles than processes, all go to the workers, which take the next as they finish.
             from concurrent.futures import as_completed
 
             from .sweep import interrupt_workers, workers as pool
 
-            own = workers - ensemble_pool(self.n_jobs, len(groups))
             executor = pool(workers - own)
             futures = {executor.submit(run_group, *call): members for members, call in zip(groups[own:], calls[own:])}
             try:
