@@ -103,6 +103,12 @@ def _write_parquet(path: Path, table: "pa.Table") -> None:
         row_group_size=4096))
 
 
+def warm() -> None:
+    """Make pyarrow import pandas now (its first array does, ~0.15 s): for an idle worker process,
+    so that its first epoch's files do not take it from training."""
+    pa.array([0.0])
+
+
 def write_table(run_dir: Path, table: str, epoch: int, columns: dict) -> Path:
     """Write one epoch's rows of `table` (a dict of columns) atomically; returns the file path."""
     path = epoch_file(run_dir, table, epoch)

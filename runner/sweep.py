@@ -256,8 +256,9 @@ def _warm_worker(data: Optional[tuple]) -> int:
     watch_master()
     import torch  # noqa: F401  (the import is the point: ~3 s per fresh process)
 
-    from . import engine
+    from . import engine, snapshot
 
+    snapshot.warm()
     if data is not None:
         engine.preload_data(*data)
     return os.getpid()
