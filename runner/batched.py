@@ -340,8 +340,9 @@ class _DataLinear(torch.autograd.Function):
             if groups == k:
                 dw = exact("linear-data-dw-bmm", _bmm_gx, _loop_gx, gs, xs)
             else:
-                dw = torch.cat([exact("linear-data-dw-rows", _rows_gx, _loop_gx, gs[s:e], xs[gi:gi + 1])
-                                for gi, (s, e) in enumerate(spans)])
+                parts = [exact("linear-data-dw-rows", _rows_gx, _loop_gx, gs[s:e], xs[gi:gi + 1])
+                         for gi, (s, e) in enumerate(spans)]
+                dw = torch.cat(parts) if len(parts) > 1 else parts[0]
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = exact("linear-data-db", lambda gs: gs.sum(1),
                        lambda gs: torch.stack([gs[m].sum(0) for m in range(gs.shape[0])]), gs)

@@ -325,7 +325,7 @@ class _Group:
             """One optimizer step for every member; idx (G, B): each seed group's batch indices.
             Nothing here reads back to the host on a GPU (so it can be a CUDA graph)."""
             x = torch.index_select(x_all, 0, idx.reshape(-1))        # (G*B, 1, 28, 28); 3x faster than x_all[...] here
-            y = y_all[idx]                                          # (G, B)
+            y = torch.index_select(y_all, 0, idx.reshape(-1)).view(idx.shape)    # (G, B); y_all[idx]: ~50 us
             y = y.expand(k, -1) if len(groups) == 1 else y if len(groups) == k else y[member_group]  # (K, B)
             logits = members.forward(x, groups)                     # (K*B, 10)
             losses = cross_entropy(logits, y).mean(1)                # (K,) each member's mean loss
