@@ -139,9 +139,8 @@ class Composer:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        if self.groups is None:
-            base = self._full([])
-            self.groups = set(base.hydra.runtime.choices.keys()) | {"experiment"}
+        if self.groups is None:   # the config groups: conf/'s folders (Hydra's own are hydra/...)
+            self.groups = {d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()} | {"experiment"}
         parsed = OverridesParser.create().parse_overrides(list(overrides))
         group = [o for o in parsed if o.key_or_group.lstrip("+~") in self.groups
                  or o.key_or_group.startswith("hydra/")]

@@ -239,9 +239,27 @@ def check_schema(cfg: DictConfig) -> None:
         model = plain.get("model")
         if isinstance(model, dict) and model.get("name") == "custom":  # further keys: the model's arguments
             plain["model"] = {k: v for k, v in model.items() if k in ModelConfig.__dataclass_fields__}
-        OmegaConf.merge(_schema(), plain)
+        shape = _shape(plain)
+        if shape not in _PASSED:
+            OmegaConf.merge(_schema(), plain)
+            _PASSED.add(shape)
     except OmegaConfBaseException as e:
         raise UserError(describe_omegaconf_error(e)) from None
+
+
+# What passed the schema check, by _shape: the jobs of a grid differ in numbers of one type (lr,
+# dropout, seed), which pass or fail the check alike, so one check serves them all (~5 ms a job).
+_PASSED: set = set()
+
+
+def _shape(node: Any):
+    """A config's keys and, per leaf, its value's type, and the value itself where the check depends
+    on it (strings: "5" converts to an int field, "abc" does not)."""
+    if isinstance(node, dict):
+        return tuple((k, _shape(v)) for k, v in node.items())
+    if isinstance(node, list):
+        return ("[]",) + tuple(_shape(v) for v in node)
+    return (type(node).__name__, node) if isinstance(node, str) else type(node).__name__
 
 
 _SCHEMA: list = []
