@@ -70,7 +70,7 @@ def _reduce(x: torch.Tensor, sizes: List[int], bins: int, sample: int):
     n_finite = per_tensor(finite) if not clean else torch.tensor(sizes, device=device).expand(k, r)
     count = n_finite.clamp(min=1).double()
     mean = per_tensor(xf) / count
-    centered = x - (mean if r == 1 else mean[:, segment])
+    centered = x - (mean if r == 1 else mean.index_select(1, segment))   # index_select: ~3x x[:, idx] here
     var = per_tensor((centered if clean else torch.where(finite, centered, 0.0)).square()) / count
     norm = per_tensor(xf.square()).sqrt()
     low = x if clean else torch.where(finite, x, torch.inf)
@@ -86,7 +86,7 @@ def _reduce(x: torch.Tensor, sizes: List[int], bins: int, sample: int):
     # Histogram: histc's binning within each tensor's [min, max], one bincount over (member, tensor, bin).
     width = torch.where(hi > lo, hi - lo, torch.ones_like(lo))
     if r > 1:
-        lo_e, width_e = lo[:, segment], width[:, segment]
+        lo_e, width_e = lo.index_select(1, segment), width.index_select(1, segment)
     else:
         lo_e, width_e = lo, width
     bin_ = ((x - lo_e) * bins / width_e).floor().clamp_(0, bins - 1)
@@ -95,8 +95,8 @@ def _reduce(x: torch.Tensor, sizes: List[int], bins: int, sample: int):
     flat = bin_.long() + (torch.arange(k, device=device)[:, None] * r + segment[None, :]) * (bins + 1)
     hist = torch.bincount(flat.reshape(-1), minlength=k * r * (bins + 1)).reshape(k, r, bins + 1)[..., :bins]
     # Quantiles: exact on an evenly strided sample of each tensor (every element when it is smaller).
-    picked = x[:, picks]                                               # (K, r, S)
-    mask = pad[None] if clean else pad[None] | ~finite[:, picks]
+    picked = x.index_select(1, picks.reshape(-1)).view(k, *picks.shape)  # (K, r, S)
+    mask = pad[None] if clean else pad[None] | ~finite.index_select(1, picks.reshape(-1)).view(k, *picks.shape)
     picked = torch.where(mask, torch.nan, picked)
     q = torch.nanquantile(picked, torch.tensor(QUANTILES, dtype=x.dtype, device=device), dim=2)  # (Q, K, r)
     stats = torch.stack([n_finite.double(), mean, var.sqrt(), norm, lo, hi, zeros, *q], dim=2)
