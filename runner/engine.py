@@ -876,6 +876,9 @@ def cross_entropy(logits, y):
     return -log_p.gather(0, y.reshape(1, k, b)).view(k, b)
 
 
+EVAL_MIN_ROWS = 256
+
+
 def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
     """Per member mean cross-entropy and accuracy on (x, y). Every member sees the same rows
     (shared input); per-example losses are kept and summed once, so chunking changes nothing."""
@@ -884,8 +887,15 @@ def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
     k, n = members.k, x.shape[0]
     # batch_size rows in all on the CPU (arithmetic-bound); on a GPU (launch-bound) batch_size rows
     # per member, up to 16384 rows in all (a bound on the activations' memory: ~0.8 GB per layer
-    # for a 16-channel 28x28 convolution).
-    chunk = max(1, batch_size // k) if x.device.type == "cpu" else max(1, min(batch_size, 16384 // k))
+    # for a 16-channel 28x28 convolution). On the CPU the rows are split into chunks of equal size
+    # (at least EVAL_MIN_ROWS): a matmul over a short last chunk (10000 rows in 1111s: one row) uses
+    # other kernels than over many rows, and an ensemble member's validation numbers would then
+    # differ, in the last bits, from its run alone's (which takes all rows at once; measured).
+    if x.device.type == "cpu":
+        most = max(min(n, EVAL_MIN_ROWS), batch_size // k)
+        chunk = -(-n // -(-n // most))
+    else:
+        chunk = max(1, min(batch_size, 16384 // k))
     per_example = torch.empty(k, n, device=x.device)
     correct = torch.zeros(k, dtype=torch.int64, device=x.device)
     members.train(False)

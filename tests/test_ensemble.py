@@ -39,6 +39,9 @@ GRIDS = {
     "mlp-narrow": (["model.hidden=[8,3]", "data.batch_size=50", "data.limit=500"],
                    [["seed=0", "optim.lr=0.05"], ["seed=0", "optim.lr=0.2", "model.dropout=0.2"],
                     ["seed=0", "optim.weight_decay=0.01", "optim.momentum=0.9"], ["seed=3", "init=xavier"]]),
+    # Evaluation in chunks of eval_batch_size // K rows would leave 120 test rows as 119 + 1 for two
+    # members: a one-row matmul rounds differently from the run alone's 120-row one.
+    "mlp-eval-chunks": (["data.eval_batch_size=238"], [["seed=0", "optim.lr=0.05"], ["seed=1", "optim.lr=0.1"]]),
     "cnn-adam": (["model=cnn", "model.channels=[4,4,4]", "sharing=all_hidden", "optim=adam", "data.limit=300"],
                  [["seed=0", "optim.lr=0.01"], ["seed=1", "optim.lr=0.003", "optim.weight_decay=0.01"],
                   ["seed=0", "init=xavier", "model.dropout=0.2"]]),
