@@ -120,3 +120,24 @@ def test_dropout_masks_rate_scale_and_own_generator(make_cfg):
         model, ties = build(make_cfg())
         alone = Members([model], ties, "cpu", [11 + m])
         assert torch.equal(alone.dropout(torch.ones(4000, 8), [p], channelwise=False), out[m])
+
+
+def test_one_thread_ensemble_equals_two_thread_runs(make_cfg, tmp_path):
+    """The ensemble launcher's workers train with one thread each, a run alone with all cores:
+    members must still equal their runs alone (some matmul shapes take other kernels per thread
+    count, e.g. the 10-class head as W h^T in evaluation)."""
+    import torch
+
+    cfgs = [make_cfg("model.hidden=[8,8,8]", "sharing=all_hidden", f"optim.lr={lr}", "model.dropout=0.2")
+            for lr in (0.05, 0.2)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ens = run_members(cfgs, [tmp_path / "e0", tmp_path / "e1"], ensemble=True).infos
+        torch.set_num_threads(2)
+        for i, cfg in enumerate(cfgs):
+            alone = run(cfg, tmp_path / f"a{i}")
+            assert ens[i]["final"] == alone["final"]
+            _assert_same_run(tmp_path / f"e{i}", tmp_path / f"a{i}")
+    finally:
+        torch.set_num_threads(threads)
