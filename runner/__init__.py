@@ -1,2 +1,2 @@
 """paramlab: config-driven experiments on parameter management (tied layers, init, dropout, lr)."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

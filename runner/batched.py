@@ -287,15 +287,16 @@ _ALIGN = 64                                               # bytes: what a CPU te
 
 
 def _misalignment(t: torch.Tensor) -> int:
-    """t's first element, in elements past a 64-byte boundary (a slice starts anywhere)."""
-    return t.storage_offset() % max(1, _ALIGN // t.element_size())
+    """How far t's first element lies past a 64-byte boundary, in elements."""
+    return (t.data_ptr() % _ALIGN) // t.element_size()
 
 
 def _random_like(t: torch.Tensor) -> torch.Tensor:
     """Noise with t's shape, strides and alignment (an expanded t stays expanded)."""
     span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())) if t.numel() else 0
-    offset = _misalignment(t)
-    storage = torch.empty(offset + span, dtype=t.dtype).uniform_(-1, 1, generator=_PROBE_GENERATOR)
+    lanes = max(1, _ALIGN // t.element_size())
+    storage = torch.empty(span + lanes, dtype=t.dtype).uniform_(-1, 1, generator=_PROBE_GENERATOR)
+    offset = (_misalignment(t) - _misalignment(storage)) % lanes
     return storage.as_strided(t.shape, t.stride(), offset)
 
 
@@ -316,7 +317,10 @@ class _DataLinear(torch.autograd.Function):
         k, o, i = w.shape
         groups = len(spans)
         rows = x.shape[0] // groups
-        out = torch.empty(k, rows, o, dtype=x.dtype)
+        # Returned as allocated, not as a view: a view made inside a Function may not be changed
+        # in place afterwards (ReLU(inplace=True) right after the layer).
+        result = torch.empty(k * rows, o, dtype=x.dtype)
+        out = result.view(k, rows, o)
         xs = x.view(groups, rows, i)
         bs = b.unsqueeze(2) if b is not None else w.new_zeros(0)     # (K, out, 1); unused without bias
         if groups == k:                                    # one batch per member
@@ -326,7 +330,7 @@ class _DataLinear(torch.autograd.Function):
             for g, (s, e) in enumerate(spans):
                 h = exact("linear-data-rows", _rows_wxt, _loop_wxt, w[s:e], xs[g:g + 1], bs[s:e])
                 out[s:e].copy_(h.transpose(1, 2))
-        return out.view(k * rows, o)
+        return result
 
     @staticmethod
     def backward(ctx, g):

@@ -79,14 +79,14 @@ def load_data(cfg, device):
     return _load_data(str(cfg.data.root), cfg.data.limit, device)
 
 
-def _load_data(root: str, limit, device):
+def _load_data(root: str, limit, device, download: bool = True):
     from . import data
 
     key = (str(Path(root).resolve()), limit, str(device))
     with _DATA_LOCK:                  # a preload under way: wait for it rather than load twice
         if key not in _DATA_CACHE:
             _DATA_CACHE.clear()
-            _DATA_CACHE[key] = data.load(root, limit, device)
+            _DATA_CACHE[key] = data.load(root, limit, device, download=download)
         return _DATA_CACHE[key]
 
 
@@ -102,7 +102,7 @@ def preload_data(root: str, limit, device_name: str, background: bool = False) -
         try:
             device = resolve_device(device_name)
             if device.type == "cpu":
-                _load_data(root, limit, device)
+                _load_data(root, limit, device, download=False)   # never two processes downloading at once
         except Exception:
             pass
 
@@ -303,58 +303,58 @@ class _Group:
         recorder = Recorder(members, snap, dataset.test_x[:n_act], layers) if snap.enabled else None
         start = self.starts[0]["epoch"] if self.starts[0] else 0
         epochs, every, bs = int(cfg0.trainer.epochs), int(snap.every), int(cfg0.data.batch_size)
-        writer = _Writer(min(k, WRITER_THREADS))
-        self.infos = infos = []
-        for m in range(k):            # each member's first files (cleared tables, run.json) by its writer
-            info, write = self._start_info(m, tie_map, device, start)
-            infos.append(info)
-            writer.submit(m, write)
+        firsts = [self._start_info(m, tie_map, device, start) for m in range(k)]   # no file touched yet
+        self.infos = infos = [info for info, _ in firsts]
         status = ["running"] * k
-        limits: List[Optional[float]] = [None] * k
-        if start:
-            limits = self._restore(members, optimizer, generators, recorder)
-        elif recorder is not None:
-            for m, write in recorder.snapshot(0, 0, self.run_dirs, range(k)).items():
+        writer = _Writer(min(k, WRITER_THREADS))
+        bar = None
+        try:   # from here on a failure is recorded in every member still running, and the writer closed
+            for m, (_, write) in enumerate(firsts):   # each member's first files (cleared tables, run.json)
                 writer.submit(m, write)
-        totals = _Totals(k, device, float(cfg0.trainer.diverge_factor), optimizer, limits)
-        x_all, y_all, n = dataset.train_x, dataset.train_y, dataset.n_train
-        use_graph = bool(cfg0.trainer.compile) and device.type == "cuda"
-        capture_always = use_graph and recorder is not None       # a graph is recorded once: always capture
+            limits: List[Optional[float]] = [None] * k
+            if start:
+                limits = self._restore(members, optimizer, generators, recorder)
+            elif recorder is not None:
+                for m, write in recorder.snapshot(0, 0, self.run_dirs, range(k)).items():
+                    writer.submit(m, write)
+            totals = _Totals(k, device, float(cfg0.trainer.diverge_factor), optimizer, limits)
+            x_all, y_all, n = dataset.train_x, dataset.train_y, dataset.n_train
+            use_graph = bool(cfg0.trainer.compile) and device.type == "cuda"
+            capture_always = use_graph and recorder is not None       # a graph is recorded once: always capture
 
-        def step(idx) -> None:
-            """One optimizer step for every member; idx (G, B): each seed group's batch indices.
-            Nothing here reads back to the host on a GPU (so it can be a CUDA graph)."""
-            x = torch.index_select(x_all, 0, idx.reshape(-1))        # (G*B, 1, 28, 28); 3x faster than x_all[...] here
-            y = torch.index_select(y_all, 0, idx.reshape(-1)).view(idx.shape)    # (G, B); y_all[idx]: ~50 us
-            y = y.expand(k, -1) if len(groups) == 1 else y if len(groups) == k else y[member_group]  # (K, B)
-            logits = members.forward(x, groups)                     # (K*B, 10)
-            losses = cross_entropy(logits, y).mean(1)                # (K,) each member's mean loss
-            totals.add(losses.detach(), logits, y)                  # may freeze members
-            optimizer.zero_grad()
-            # The sum's backward gives each example 1.0 / B: the bits cross_entropy's own mean gives (a
-            # member's rows reach only its own parameters, so frozen members need no mask). A scalar's
-            # backward, not an explicit gradient: that one's first call imports torch.fx and sympy (~0.3 s).
-            losses.sum().backward()
-            if recorder is not None and members.capturing:
-                recorder.accumulate()                               # gradients captured before the step
-            optimizer.step()
+            def step(idx) -> None:
+                """One optimizer step for every member; idx (G, B): each seed group's batch indices.
+                Nothing here reads back to the host on a GPU (so it can be a CUDA graph)."""
+                x = torch.index_select(x_all, 0, idx.reshape(-1))        # (G*B, 1, 28, 28); 3x faster than x_all[...] here
+                y = torch.index_select(y_all, 0, idx.reshape(-1)).view(idx.shape)    # (G, B); y_all[idx]: ~50 us
+                y = y.expand(k, -1) if len(groups) == 1 else y if len(groups) == k else y[member_group]  # (K, B)
+                logits = members.forward(x, groups)                     # (K*B, 10)
+                losses = cross_entropy(logits, y).mean(1)                # (K,) each member's mean loss
+                totals.add(losses.detach(), logits, y)                  # may freeze members
+                optimizer.zero_grad()
+                # The sum's backward gives each example 1.0 / B: the bits cross_entropy's own mean gives (a
+                # member's rows reach only its own parameters, so frozen members need no mask). A scalar's
+                # backward, not an explicit gradient: that one's first call imports torch.fx and sympy (~0.3 s).
+                losses.sum().backward()
+                if recorder is not None and members.capturing:
+                    recorder.accumulate()                               # gradients captured before the step
+                optimizer.step()
 
-        def forward_only(idx) -> None:
-            """The step's forward in eval mode, without gradients: no state changes (a probe)."""
-            members.train(False)
-            try:
-                with torch.no_grad():
-                    members.forward(torch.index_select(x_all, 0, idx.reshape(-1)), groups)
-            finally:
-                members.train(True)
+            def forward_only(idx) -> None:
+                """The step's forward in eval mode, without gradients: no state changes (a probe)."""
+                members.train(False)
+                try:
+                    with torch.no_grad():
+                        members.forward(torch.index_select(x_all, 0, idx.reshape(-1)), groups)
+                finally:
+                    members.train(True)
 
-        step_fn = _GraphStep(step, forward_only, len(groups), bs, device) if use_graph else step
-        from tqdm import tqdm
+            step_fn = _GraphStep(step, forward_only, len(groups), bs, device) if use_graph else step
+            from tqdm import tqdm
 
-        label = self.run_dirs[0].name[:40] if k == 1 else f"ensemble of {k}"
-        bar = tqdm(range(start + 1, epochs + 1), desc=label, unit="epoch", leave=False,
-                   disable=None if cfg0.trainer.progress else True, file=sys.stderr)
-        try:
+            label = self.run_dirs[0].name[:40] if k == 1 else f"ensemble of {k}"
+            bar = tqdm(range(start + 1, epochs + 1), desc=label, unit="epoch", leave=False,
+                       disable=None if cfg0.trainer.progress else True, file=sys.stderr)
             for epoch in bar:
                 t_epoch = time.perf_counter()
                 snapshot_epoch = recorder is not None and (epoch % every == 0 or epoch == epochs)
@@ -400,7 +400,8 @@ class _Group:
             self._finish_all(status, t_start)
             raise
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
             writer.close()
         self._finish_all(status, t_start)
         for m, position in enumerate(positions[i] for i in self.order):
@@ -425,6 +426,9 @@ class _Group:
             info = json.loads(self.starts[m]["info"])
             info["resumed"] = list(info.get("resumed") or []) + [{"from_epoch": start, "at": _now()}]
             _log(f"paramlab: resuming {run_dir} after epoch {start} of {int(cfg.trainer.epochs)}")
+            if info.get("paramlab_version") != __version__:
+                _log(f"paramlab: {run_dir.name} was started by paramlab {info.get('paramlab_version')} and continues "
+                     f"with {__version__}: its later epochs may differ in the last bits from a run never stopped")
         else:
             info = {"paramlab_version": __version__, "run_id": run_dir.name, "status": "running",
                     "config": plain_config(cfg), "overrides": list(self.overrides[m]),
@@ -568,9 +572,12 @@ class _Group:
                 snapshot.write_json(self.run_dirs[m] / "run.json", _public(info))
                 if info["status"] == "completed":
                     checkpoint.remove(self.run_dirs[m])  # only once run.json says so: never continued again
-                snapshot.compact_run(self.run_dirs[m])   # one file per table, for reports over many runs
             except OSError:
                 pass
+            try:
+                snapshot.compact_run(self.run_dirs[m])   # one file per table, for reports over many runs
+            except OSError:
+                snapshot.forget(self.run_dirs[m])
             for key in [k for k in info if k.startswith("_")]:
                 del info[key]
 
@@ -652,7 +659,7 @@ def _has(model, path: str) -> bool:
 
 def _clear_tables_after(run_dir: Path, epoch: int) -> None:
     """Remove table files of epochs after `epoch` (written before a kill, not yet checkpointed)."""
-    from .snapshot import TABLES, epoch_files, epoch_of
+    from .snapshot import TABLES, epoch_files, epoch_of, forget
 
     for table in TABLES:
         for f in epoch_files(run_dir, table):
@@ -661,6 +668,7 @@ def _clear_tables_after(run_dir: Path, epoch: int) -> None:
         folder = Path(run_dir) / table
         for f in folder.glob(".*") if folder.is_dir() else []:
             f.unlink()
+    forget(run_dir)          # what this process may hold of the run's files (compaction reads them)
 
 
 def checks_loss_per_step(device) -> bool:

@@ -173,9 +173,10 @@ def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):
     """One ensemble (in this process or a worker): ([run.json per member] or None, error line)."""
     from .config import UserError, one_line
     from .engine import run_members
-    from .sweep import interruptible, watch_master
+    from .sweep import exit_quickly_when_stopped, interruptible, watch_master
 
     watch_master()
+    exit_quickly_when_stopped()
     if threads:
         import torch
 

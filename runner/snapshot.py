@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -115,14 +116,45 @@ def write_table(run_dir: Path, table: str, epoch: int, columns: dict) -> Path:
     rows = pa.Table.from_pydict(columns, schema=SCHEMAS[table])
     _write_parquet(path, rows)
     if table in COMPACT_TABLES:
-        _WRITTEN[str(path)] = rows
+        _remember(str(path), rows)
     return path
 
 
 # The compactable tables this process wrote, by file: compact_run takes its rows from here instead of
-# reading its own files back (~0.25 s per 9 runs of 10 epochs here). Entries leave with their run's
-# compaction or clearing; what a killed or failed run leaves here is a few small tables.
+# reading its own files back (~0.25 s per 9 runs of 10 epochs here), up to WRITTEN_BYTES in all (past
+# that it reads the files). Entries leave with their run's compaction, clearing or forget().
 _WRITTEN: Dict[str, "pa.Table"] = {}
+WRITTEN_BYTES = 64 * 2 ** 20
+_WRITTEN_LOCK = threading.Lock()
+_WRITTEN_SIZE = [0]
+
+
+def _remember(key: str, rows: "pa.Table") -> None:
+    with _WRITTEN_LOCK:
+        _drop(key)
+        if _WRITTEN_SIZE[0] + rows.nbytes <= WRITTEN_BYTES:
+            _WRITTEN[key] = rows
+            _WRITTEN_SIZE[0] += rows.nbytes
+
+
+def _take(key: str) -> Optional["pa.Table"]:
+    with _WRITTEN_LOCK:
+        return _drop(key)
+
+
+def _drop(key: str) -> Optional["pa.Table"]:
+    rows = _WRITTEN.pop(key, None)
+    if rows is not None:
+        _WRITTEN_SIZE[0] -= rows.nbytes
+    return rows
+
+
+def forget(run_dir: str | os.PathLike) -> None:
+    """Drop what _WRITTEN holds of a run (one that cannot be compacted)."""
+    prefix = str(Path(run_dir)) + os.sep
+    with _WRITTEN_LOCK:
+        for key in [key for key in _WRITTEN if key.startswith(prefix)]:
+            _drop(key)
 
 
 def clear_tables(run_dir: Path) -> None:
@@ -131,7 +163,7 @@ def clear_tables(run_dir: Path) -> None:
         if folder.is_dir():
             for f in folder.iterdir():
                 if f.suffix == ".parquet" or f.name.startswith("."):
-                    _WRITTEN.pop(str(f), None)
+                    _take(str(f))
                     f.unlink()
 
 
@@ -193,7 +225,7 @@ def compact_run(run_dir: str | os.PathLike) -> List[Path]:
             target.unlink(missing_ok=True)
             continue
         schema = SCHEMAS[table]
-        parts = [_WRITTEN.pop(str(f), None) for f in files]
+        parts = [_take(str(f)) for f in files]
         parts = [rows if rows is not None else pq.read_table(f, schema=schema) for rows, f in zip(parts, files)]
         _write_parquet(target, pa.concat_tables(parts))
         written.append(target)

@@ -219,15 +219,26 @@ def watch_master() -> None:
 
     _WATCHING.append(threading.Thread(target=watch, name="paramlab-watch-master", daemon=True))
     _WATCHING[0].start()
+
+
+def exit_quickly_when_stopped() -> None:
+    """In a process of this command's worker pool (nowhere else: its exit code is always 0):
+    leave without unloading torch when the pool stops it. Idempotent."""
+    if not _command_pid() or _QUICK_EXIT:
+        return
     import atexit
 
+    _QUICK_EXIT.append(True)
     atexit.register(_exit_worker)
 
 
+_QUICK_EXIT: list = []
+
+
 def _exit_worker() -> None:
-    """A worker's last step when the pool stops it (its jobs have returned, their files are
-    closed): Python's exit handlers that matter for a worker, then out without unloading torch
-    (~0.5 s, which the command would wait for)."""
+    """A pool worker's last step when the pool stops it (its jobs have returned, their files are
+    closed; loky's worker loop ends with status 0): Python's exit handlers that matter for a
+    worker, then out without unloading torch (~0.5 s, which the command would wait for)."""
     import logging
     from multiprocessing import util
 
@@ -254,6 +265,7 @@ def quick_exit(code: int) -> None:
 
 def _warm_worker(data: Optional[tuple]) -> int:
     watch_master()
+    exit_quickly_when_stopped()
     import torch  # noqa: F401  (the import is the point: ~3 s per fresh process)
 
     from . import engine, snapshot
@@ -284,11 +296,14 @@ def prewarm_workers(n_workers: int, data: Optional[tuple] = None) -> None:
 def stop_workers() -> None:
     """End the worker processes now (they are idle: every job has returned and its files are
     closed), rather than waiting at exit for each to unload torch (~0.5 s)."""
-    from joblib.externals.loky import reusable_executor
+    try:
+        from joblib.externals.loky import reusable_executor
 
-    executor = reusable_executor._executor
-    if executor is not None:
-        executor.shutdown(wait=True, kill_workers=False)
+        executor = reusable_executor._executor   # (private: any surprise only skips this)
+        if executor is not None:
+            executor.shutdown(wait=True, kill_workers=False)
+    except Exception:
+        pass
 
 
 def interrupt_workers(executor) -> None:

@@ -141,3 +141,23 @@ def test_one_thread_ensemble_equals_two_thread_runs(make_cfg, tmp_path):
             _assert_same_run(tmp_path / f"e{i}", tmp_path / f"a{i}")
     finally:
         torch.set_num_threads(threads)
+
+
+def test_in_place_activation_after_the_input_layer(make_cfg):
+    """A model may change the input layer's output in place (ReLU(inplace=True)): the batched
+    layer's output must allow that in an ensemble as it does for a run alone."""
+    import torch
+    from torch import nn
+
+    from runner.batched import Members
+    from runner.engine import build
+
+    for k in (1, 2):
+        torch.manual_seed(0)
+        templates, tie_map = zip(*[build(make_cfg("model.hidden=[8]")) for _ in range(k)])
+        for t in templates:
+            t.net[2] = nn.ReLU(inplace=True)
+        members = Members(list(templates), tie_map[0], "cpu", list(range(k)))
+        members.train(True)
+        members.forward(torch.randn(16, 1, 28, 28), [(0, k)]).sum().backward()
+        assert all(p.grad is not None for p in members.leaves)
