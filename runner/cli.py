@@ -416,7 +416,6 @@ def main() -> None:
     quick_exit(sweep_exit_code())
 
 
-
 def _data_of(cfg) -> tuple:
     """(data.root, data.limit, device) of a composed config, for preloading the dataset."""
     return str(cfg.data.root), cfg.data.limit, str(cfg.device)
