@@ -28,6 +28,7 @@ calls told apart by order: the k-th call in a forward is attributed to its k-th 
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -227,6 +228,18 @@ class BatchedLinear(_Batched):
     def __init__(self, members, module: nn.Linear, sites, templates):
         super().__init__(members, module, sites)
         self.out_features = module.out_features
+        self.__dict__["pin_cache"] = {}
+
+    def _pins(self, kind: str, x: torch.Tensor, w: torch.Tensor) -> Tuple[bool, bool]:
+        """A run alone's (forward, backward) to be run on one thread (threads_matter), per input
+        shape, remembered here (a step asks for every layer)."""
+        key = (kind, tuple(x.shape), x.stride(), torch.get_num_threads())
+        pins = self.pin_cache.get(key)
+        if pins is None:
+            g = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype)
+            forward = kind == "data" and threads_matter("wxt", torch.mm, w, x.t())
+            pins = self.pin_cache[key] = (forward, threads_matter("gtx", _gtx, g, x))
+        return pins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, *b = self.tensors()                             # (K, out, in), (K, out); K = 1: (out, in), (out,)
@@ -239,12 +252,19 @@ class BatchedLinear(_Batched):
             # count for 5-11 outputs (the 10-class head: measured), and a member evaluated by a
             # one-thread worker must equal its run alone on two threads; F.linear's do not.
             if m.k == 1:
-                h = torch.mm(w, x.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x.t())
+                pin_forward, pin_backward = self._pins("data", x, w)
+                with one_thread(pin_forward):
+                    h = torch.mm(w, x.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x.t())
+                if pin_backward:
+                    _pin_backward(h)
                 return h.t().contiguous()
             spans = m.groups if m.shared(x) else [(k, k + 1) for k in range(m.k)]
             return _DataLinear.apply(x, w, b, spans)
         if m.k == 1:                                       # a single run: plain F.linear
-            return F.linear(x, w, b)
+            h = F.linear(x, w, b)
+            if x.dim() == 2 and h.requires_grad and not x.is_cuda and self._pins("linear", x, w)[1]:
+                _pin_backward(h)
+            return h
         if m.shared(x) and not x.is_cuda:
             # One batch per group: multiply it with the group's members' weights, no K-fold copy
             # (on a GPU one gather and one bmm cost fewer launches than a bmm per group).
@@ -255,6 +275,62 @@ class BatchedLinear(_Batched):
         else:
             h = _LinearK.apply(m.member_view(x).reshape(m.k, -1, x.shape[-1]), w, b)
         return h.reshape(m.k * m.batch, *x.shape[1:-1], self.out_features)
+
+
+# ------------------------------------------------------------------------- thread count
+
+_THREADS_MATTER: Dict[tuple, bool] = {}
+
+
+def threads_matter(name: str, fn, *tensors: torch.Tensor) -> bool:
+    """Whether fn(*tensors) (one member's matrix product) gives other bits on this process's thread
+    count than on one thread. MKL splits products with 5-11 result rows differently on 1 and 2
+    threads (measured: the weight gradient of a 10-class head with 16+ inputs, a 5-11 wide input
+    layer), and a member trained by a one-thread worker must equal its run alone on all cores: such
+    products run on one thread (they are small). Checked once per shape, like `exact`."""
+    n = torch.get_num_threads()
+    if n == 1:
+        return False
+    key = (name, n, tuple((tuple(t.shape), t.stride(), _misalignment(t), t.dtype) for t in tensors))
+    verdict = _THREADS_MATTER.get(key)
+    if verdict is None:
+        probes = [_random_like(t) for t in tensors]
+        with torch.no_grad():
+            many = fn(*probes)
+            torch.set_num_threads(1)
+            try:
+                one = fn(*probes)
+            finally:
+                torch.set_num_threads(n)
+        verdict = _THREADS_MATTER[key] = not torch.equal(many, one)
+    return verdict
+
+
+@contextlib.contextmanager
+def one_thread(pinned: bool):
+    """Run the enclosed products on one thread if `pinned`."""
+    n = torch.get_num_threads()
+    if not pinned or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _pin_backward(h: torch.Tensor) -> torch.Tensor:
+    """h's autograd node (a run alone's native Linear) computes its gradients on one thread."""
+    n = torch.get_num_threads()
+    if n > 1 and h.grad_fn is not None:
+        h.grad_fn.register_prehook(lambda grads: torch.set_num_threads(1))
+        h.grad_fn.register_hook(lambda inputs, outputs: torch.set_num_threads(n))
+    return h
+
+
+def _gtx(g, x):      # a weight gradient as autograd computes it (F.linear's and addmm(b, W, x^T)'s)
+    return torch.mm(g.t(), x)
 
 
 # ------------------------------------------------------------------------- exact batched kernels
@@ -323,13 +399,14 @@ class _DataLinear(torch.autograd.Function):
         out = result.view(k, rows, o)
         xs = x.view(groups, rows, i)
         bs = b.unsqueeze(2) if b is not None else w.new_zeros(0)     # (K, out, 1); unused without bias
-        if groups == k:                                    # one batch per member
-            h = exact("linear-data-bmm", _bmm_wxt, _loop_wxt, w, xs, bs)
-            out.copy_(h.transpose(1, 2))
-        else:                                              # one batch per group of members
-            for g, (s, e) in enumerate(spans):
-                h = exact("linear-data-rows", _rows_wxt, _loop_wxt, w[s:e], xs[g:g + 1], bs[s:e])
-                out[s:e].copy_(h.transpose(1, 2))
+        with one_thread(threads_matter("wxt", torch.mm, w[0], xs[0].t())):
+            if groups == k:                                # one batch per member
+                h = exact("linear-data-bmm", _bmm_wxt, _loop_wxt, w, xs, bs)
+                out.copy_(h.transpose(1, 2))
+            else:                                          # one batch per group of members
+                for g, (s, e) in enumerate(spans):
+                    h = exact("linear-data-rows", _rows_wxt, _loop_wxt, w[s:e], xs[g:g + 1], bs[s:e])
+                    out[s:e].copy_(h.transpose(1, 2))
         return result
 
     @staticmethod
@@ -343,12 +420,13 @@ class _DataLinear(torch.autograd.Function):
         xs = x.view(groups, rows, i)
         dw = db = None
         if ctx.needs_input_grad[1]:
-            if groups == k:
-                dw = exact("linear-data-dw-bmm", _bmm_gx, _loop_gx, gs, xs)
-            else:
-                parts = [exact("linear-data-dw-rows", _rows_gx, _loop_gx, gs[s:e], xs[gi:gi + 1])
-                         for gi, (s, e) in enumerate(spans)]
-                dw = torch.cat(parts) if len(parts) > 1 else parts[0]
+            with one_thread(threads_matter("gtx", _gtx, gs[0], xs[0])):
+                if groups == k:
+                    dw = exact("linear-data-dw-bmm", _bmm_gx, _loop_gx, gs, xs)
+                else:
+                    parts = [exact("linear-data-dw-rows", _rows_gx, _loop_gx, gs[s:e], xs[gi:gi + 1])
+                             for gi, (s, e) in enumerate(spans)]
+                    dw = torch.cat(parts) if len(parts) > 1 else parts[0]
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = exact("linear-data-db", lambda gs: gs.sum(1),
                        lambda gs: torch.stack([gs[m].sum(0) for m in range(gs.shape[0])]), gs)
@@ -420,8 +498,12 @@ class _LinearK(torch.autograd.Function):
                 exact("linear-dx", torch.bmm, lambda g, w: torch.stack([g[m] @ w[m] for m in range(w.shape[0])]), g, w)
         if ctx.needs_input_grad[1]:
             gt = g.transpose(1, 2)
-            dw = torch.bmm(gt, x) if cuda else \
-                exact("linear-dw", torch.bmm, lambda gt, x: torch.stack([gt[m].mm(x[m]) for m in range(x.shape[0])]), gt, x)
+            if cuda:
+                dw = torch.bmm(gt, x)
+            else:
+                with one_thread(threads_matter("gtx", _gtx, g[0], x[0])):
+                    dw = exact("linear-dw", torch.bmm,
+                               lambda gt, x: torch.stack([gt[m].mm(x[m]) for m in range(x.shape[0])]), gt, x)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g.sum(1)
         return dx, dw, db
