@@ -288,20 +288,16 @@ def threads_matter(name: str, fn, *tensors: torch.Tensor) -> bool:
     threads (measured: the weight gradient of a 10-class head with 16+ inputs, a 5-11 wide input
     layer), and a member trained by a one-thread worker must equal its run alone on all cores: such
     products run on one thread (they are small). Checked once per shape, like `exact`."""
-    n = torch.get_num_threads()
-    if n == 1:
+    if torch.get_num_threads() == 1:
         return False
-    key = (name, n, tuple((tuple(t.shape), t.stride(), _misalignment(t), t.dtype) for t in tensors))
+    key = _probe_key(name, tensors)
     verdict = _THREADS_MATTER.get(key)
     if verdict is None:
         probes = [_random_like(t) for t in tensors]
         with torch.no_grad():
             many = fn(*probes)
-            torch.set_num_threads(1)
-            try:
+            with one_thread(True):
                 one = fn(*probes)
-            finally:
-                torch.set_num_threads(n)
         verdict = _THREADS_MATTER[key] = not torch.equal(many, one)
     return verdict
 
@@ -320,13 +316,12 @@ def one_thread(pinned: bool):
         torch.set_num_threads(n)
 
 
-def _pin_backward(h: torch.Tensor) -> torch.Tensor:
+def _pin_backward(h: torch.Tensor) -> None:
     """h's autograd node (a run alone's native Linear) computes its gradients on one thread."""
     n = torch.get_num_threads()
     if n > 1 and h.grad_fn is not None:
         h.grad_fn.register_prehook(lambda grads: torch.set_num_threads(1))
         h.grad_fn.register_hook(lambda inputs, outputs: torch.set_num_threads(n))
-    return h
 
 
 def _gtx(g, x):      # a weight gradient as autograd computes it (F.linear's and addmm(b, W, x^T)'s)
@@ -348,14 +343,19 @@ def exact(name: str, batched, per_member, *tensors: torch.Tensor) -> torch.Tenso
     remembers the verdict. One member: its own kernel (bmm of one was 1.5x slower than mm here)."""
     if tensors[0].shape[0] == 1:
         return per_member(*tensors)
-    key = (name, torch.get_num_threads(), tuple((tuple(t.shape), t.stride(), _misalignment(t), t.dtype)
-                                                 for t in tensors))
+    key = _probe_key(name, tensors)
     ok = _VERDICTS.get(key)
     if ok is None:
         probes = [_random_like(t) for t in tensors]
         with torch.no_grad():
             ok = _VERDICTS[key] = torch.equal(batched(*probes), per_member(*probes))
     return batched(*tensors) if ok else per_member(*tensors)
+
+
+def _probe_key(name: str, tensors: Sequence[torch.Tensor]) -> tuple:
+    """What a kernel choice may depend on: the product, thread count, shapes, strides, alignment."""
+    return (name, torch.get_num_threads(),
+            tuple((tuple(t.shape), t.stride(), _misalignment(t), t.dtype) for t in tensors))
 
 
 _PROBE_GENERATOR = torch.Generator().manual_seed(0)
@@ -497,13 +497,11 @@ class _LinearK(torch.autograd.Function):
             dx = torch.bmm(g, w) if cuda else \
                 exact("linear-dx", torch.bmm, lambda g, w: torch.stack([g[m] @ w[m] for m in range(w.shape[0])]), g, w)
         if ctx.needs_input_grad[1]:
-            gt = g.transpose(1, 2)
             if cuda:
-                dw = torch.bmm(gt, x)
+                dw = _bmm_gx(g, x)
             else:
                 with one_thread(threads_matter("gtx", _gtx, g[0], x[0])):
-                    dw = exact("linear-dw", torch.bmm,
-                               lambda gt, x: torch.stack([gt[m].mm(x[m]) for m in range(x.shape[0])]), gt, x)
+                    dw = exact("linear-dw", _bmm_gx, _loop_gx, g, x)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g.sum(1)
         return dx, dw, db

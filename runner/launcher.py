@@ -114,7 +114,7 @@ class EnsembleLauncherBase(Launcher):
         # This process runs the first ensemble itself when every ensemble has a process of its own
         # (one torch import and dataset load fewer); with more ensembles than processes, all go to
         # the workers, which take the next as they finish.
-        own = 1 if workers == 1 else workers - ensemble_pool(self.n_jobs, len(groups))
+        own = workers - ensemble_pool(self.n_jobs, len(groups))
         if own and "torch" in sys.modules:   # imported by the command's checks
             from .engine import preload_data
 

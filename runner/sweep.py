@@ -239,14 +239,10 @@ def _exit_worker() -> None:
     """A pool worker's last step when the pool stops it (its jobs have returned, their files are
     closed; loky's worker loop ends with status 0): Python's exit handlers that matter for a
     worker, then out without unloading torch (~0.5 s, which the command would wait for)."""
-    import logging
     from multiprocessing import util
 
-    logging.shutdown()
     util._exit_function()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    _leave(0)
 
 
 def quick_exit(code: int) -> None:
@@ -254,10 +250,16 @@ def quick_exit(code: int) -> None:
     teardown (~0.5 s of unloading torch and its modules). Every file it wrote is closed by now
     (runs close theirs as each epoch ends) and its workers are stopped (stop_workers)."""
     import atexit
+
+    atexit._run_exitfuncs()
+    _leave(code)
+
+
+def _leave(code: int) -> None:
+    """Logs and output flushed, then out with `code`, skipping the interpreter's teardown."""
     import logging
 
     logging.shutdown()
-    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
