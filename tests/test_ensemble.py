@@ -39,9 +39,9 @@ GRIDS = {
     "mlp-narrow": (["model.hidden=[8,3]", "data.batch_size=50", "data.limit=500"],
                    [["seed=0", "optim.lr=0.05"], ["seed=0", "optim.lr=0.2", "model.dropout=0.2"],
                     ["seed=0", "optim.weight_decay=0.01", "optim.momentum=0.9"], ["seed=3", "init=xavier"]]),
-    # Evaluation in chunks of eval_batch_size // K rows would leave 120 test rows as 119 + 1 for two
-    # members: a one-row matmul rounds differently from the run alone's 120-row one.
-    "mlp-eval-chunks": (["data.eval_batch_size=238"], [["seed=0", "optim.lr=0.05"], ["seed=1", "optim.lr=0.1"]]),
+    # Evaluation in chunks of eval_batch_size // K rows would take two members' 120 test rows one
+    # at a time (the run alone: two at a time): a one-row matmul rounds differently from a wider one.
+    "mlp-eval-chunks": (["data.eval_batch_size=2"], [["seed=0", "optim.lr=0.05"], ["seed=1", "optim.lr=0.1"]]),
     "cnn-adam": (["model=cnn", "model.channels=[4,4,4]", "sharing=all_hidden", "optim=adam", "data.limit=300"],
                  [["seed=0", "optim.lr=0.01"], ["seed=1", "optim.lr=0.003", "optim.weight_decay=0.01"],
                   ["seed=0", "init=xavier", "model.dropout=0.2"]]),
@@ -164,3 +164,18 @@ def test_in_place_activation_after_the_input_layer(make_cfg):
         members.train(True)
         members.forward(torch.randn(16, 1, 28, 28), [(0, k)]).sum().backward()
         assert all(p.grad is not None for p in members.leaves)
+
+
+def test_exact_returns_each_members_own_bits():
+    """exact() may use a batched product only where it equals the member-by-member one: for these
+    shapes (one row, two outputs: measured to round differently batched) its result must still be
+    the per-member one, bit for bit."""
+    import torch
+
+    from runner.batched import _bmm_wxt, _loop_wxt, _rows_wxt, exact
+
+    g = torch.Generator().manual_seed(3)
+    for k, o, rows, i in [(9, 2, 1, 120), (18, 2, 1, 120), (4, 15, 1, 128), (8, 1, 100, 400), (3, 3, 32, 256)]:
+        w, xs, bs = torch.randn(k, o, i, generator=g), torch.randn(k, rows, i, generator=g), torch.zeros(0)
+        assert torch.equal(exact("test-bmm", _bmm_wxt, _loop_wxt, w, xs, bs), _loop_wxt(w, xs, bs))
+        assert torch.equal(exact("test-rows", _rows_wxt, _loop_wxt, w, xs[:1], bs), _loop_wxt(w, xs[:1], bs))
