@@ -31,32 +31,22 @@ class Recorder:
         self.layers = list(layers)
         # Sums over the epoch's steps, shaped like the leaves the optimizer steps.
         self.grad_sums = [torch.zeros_like(p) for p in members.leaves]
-        # Sums of each step's squared gradient norms, (K, tensors) float64: step_var = that / steps -
-        # ||mean g||^2 per member and tensor. A single run takes them from one fused norm per step;
-        # an ensemble, whose tensors hold all members, from elementwise squares (members' rows apart).
-        self.square_norms = torch.zeros(members.k, len(members.leaves), dtype=torch.float64,
-                                        device=members.params[0].device)
-        self.square_sums = [torch.zeros_like(p) for p in members.leaves] if members.k > 1 else None
-        self.square_row = self.square_norms[0]            # a view, made once
+        # Sums of each step's elementwise squared gradients (one foreach op per step, for a single run
+        # and an ensemble alike): step_var = their sum / steps - ||mean g||^2 per member and tensor.
+        self.square_sums = [torch.zeros_like(p) for p in members.leaves] if self.diagnostics else None
         self.previous: Optional[List[torch.Tensor]] = None   # values at the previous snapshot epoch
         self.previous_epoch = -1
 
     # ---------------------------------------------------------------- per step
     def accumulate(self) -> None:
-        """Add this step's .grad (and its squared norm) to the epoch's sums: a few foreach ops."""
+        """Add this step's .grad (and its elementwise square) to the epoch's sums: two foreach ops."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.members.leaves]
         torch._foreach_add_(self.grad_sums, grads)
-        if not self.diagnostics:
-            return
-        if self.square_sums is None:                      # one member: one fused norm of every tensor
-            norms = torch.stack(torch._foreach_norm(grads)).double()
-            self.square_row.addcmul_(norms, norms)
-        else:
+        if self.diagnostics:
             torch._foreach_addcmul_(self.square_sums, grads, grads)
 
     def reset(self) -> None:
         torch._foreach_zero_(self.grad_sums)
-        self.square_norms.zero_()
         if self.square_sums is not None:
             torch._foreach_zero_(self.square_sums)
         if self.members.site_sums:
@@ -82,8 +72,7 @@ class Recorder:
             for i, (n, g) in enumerate(zip(m.names, grads)):
                 if self.diagnostics:
                     # mean over steps of ||g_step - mean||^2 = sum ||g_step||^2 / steps - ||mean||^2
-                    squares = self.square_norms[:, i] if self.square_sums is None \
-                        else self.square_sums[i].double().reshape(k, -1).sum(1)
+                    squares = self.square_sums[i].double().reshape(k, -1).sum(1)
                     step_var = (squares / steps - g.double().reshape(k, -1).square().sum(1)).clamp(min=0)
                     extra[len(rows)] = ("step_var", step_var)
                 rows.append((n, "grad", None, g))
