@@ -67,6 +67,8 @@ def capture_cost(overrides, steps: int = 30) -> dict:
 
     def step():
         F.cross_entropy(members.forward(x, [(0, 1)]), y).backward()
+        if members.capturing:
+            members.gather_sites()
         for p in members.leaves:
             p.grad = None
 

@@ -79,6 +79,7 @@ def diagnostics_ms(overrides, steps: int, repeats: int = 200):
         recorder = Recorder(members, cfg.snapshot, x[:64], [])
         members.capturing = True
         F.cross_entropy(members.forward(x, [(0, 1)]), y).backward()
+        members.gather_sites()
         recorder.accumulate()
         t = time.thread_time()
         for _ in range(repeats):

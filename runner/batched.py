@@ -21,10 +21,11 @@ batch (members with one seed, or everyone during evaluation); the first Linear t
 each group's batch with all its members' weights without copying it K times, and other modules
 expand it to member-major rows first.
 
-Call sites: each batched module knows its module path(s); each call reads its tied tensors
-through `SiteTap`, whose backward adds the gradient that flowed through that call into the
-site's accumulator. A module object reused at several paths (the seed's `shared` layer) has its
-calls told apart by order: the k-th call in a forward is attributed to its k-th path.
+Call sites: each batched module knows its module path(s); while capturing, each call reads its
+tied tensors as that site's own leaves (sharing their storage), and `gather_sites()` after the
+backward adds each site's gradient to its sum and gives the tensor its total. A module object
+reused at several paths (the seed's `shared` layer) has its calls told apart by order: the k-th
+call in a forward is attributed to its k-th path.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import UserError, one_line
-from .sharing import SiteTap, TieMap
+from .sharing import TieMap
 
 
 class Members:
@@ -60,9 +61,15 @@ class Members:
         self.leaf_by_name = dict(zip(self.names, self.leaves))
         self.canonical = {a: p.canonical for p in tie_map.params for a in p.aliases}
         self.tied = {p.canonical for p in tie_map.params if p.tied}
-        # Per-call-site gradient sums of tied tensors, (K, *shape) each, filled by SiteTap.
+        # Per-call-site gradient sums of tied tensors, (K, *shape) each (gather_sites() adds to them).
         self.site_sums = {(p.canonical, site): torch.zeros_like(self.leaf_by_name[p.canonical])
                           for p in tie_map.params if p.tied for site in p.call_sites}
+        # While capturing, each call site reads its tied tensors as leaves of its own that share the
+        # tensors' storage: autograd leaves that call's gradient in their .grad natively (an identity
+        # autograd Function per site, the former way, cost ~15 us a step each: a Python node).
+        self.site_leaves = {key: self.leaf_by_name[key[0]].detach().requires_grad_() for key in self.site_sums}
+        self.tapped: List[tuple] = []                     # site-leaf keys read since the last gather
+        self._gathers: Dict[tuple, tuple] = {}            # read order -> gather plan
         self.capturing = False
         self.probing = False                              # the probe counts every module's calls
         self.buffers: Dict[str, torch.Tensor] = {}   # stacked buffers of batched modules, by first path
@@ -118,23 +125,72 @@ class Members:
 
     # ------------------------------------------------------------------ parameters of one call
     def plan(self, site: str, canonicals: Sequence[str]) -> tuple:
-        """What a call at `site` reads: its tensors, and the accumulators of the tied ones (None if
-        none is tied). Made once per call site."""
-        accumulators = tuple(self.site_sums.get((c, site)) for c in canonicals)
-        return [self.leaf_by_name[c] for c in canonicals], (accumulators if any(a is not None for a in accumulators)
-                                                          else None)
+        """What a call at `site` reads: its tensors, and what it reads instead while capturing (None
+        if none of them is tied). Made once per call site."""
+        tensors = [self.leaf_by_name[c] for c in canonicals]
+        keys = [(c, site) for c in canonicals]
+        if not any(key in self.site_leaves for key in keys):
+            return tensors, None, ()
+        return tensors, [self.site_leaves.get(key, t) for key, t in zip(keys, tensors)], \
+            tuple(key for key in keys if key in self.site_leaves)
 
     def read(self, plan: tuple, stacked: bool = False) -> List[torch.Tensor]:
         """The tensors of a call (`plan`), (K, ...) each (K = 1: the plain tensors, unless
-        `stacked`); tied ones through a SiteTap while capturing."""
-        tensors, accumulators = plan
+        `stacked`); tied ones as their site's leaves while capturing."""
+        tensors, taps, keys = plan
+        if taps is not None and self.capturing and torch.is_grad_enabled():
+            tensors = taps
+            self.tapped.extend(keys)
         if stacked and self.k == 1:
             tensors = [t.unsqueeze(0) for t in tensors]
-        if accumulators is None or not self.capturing or not torch.is_grad_enabled():
-            return tensors
-        if stacked and self.k == 1:
-            accumulators = tuple(None if a is None else a.unsqueeze(0) for a in accumulators)
-        return list(SiteTap.apply(accumulators, *tensors))
+        return tensors
+
+    def gather_sites(self) -> None:
+        """After a capturing backward: each site's gradient added to its sum, and each tied tensor's
+        .grad set to the total of its sites', added in the order autograd adds the uses of one
+        tensor (the last call's first: the backward runs calls in reverse), so that capturing
+        changes no bit of .grad. A site whose tensors a forward reads twice (one module called
+        twice) gets both calls' gradients already added by autograd in its own order."""
+        order = tuple(self.tapped)
+        self.tapped.clear()
+        if not order:
+            return
+        plan = self._gathers.get(order)
+        if plan is None:
+            plan = self._gathers[order] = self._gather_plan(order)
+        site_leaves, sums, leaves, columns, parts = plan
+        grads = [t.grad for t in site_leaves]
+        for t in site_leaves:
+            t.grad = None
+        if columns is not None and all(g is not None for g in grads):   # every site used, as many per tensor
+            torch._foreach_add_(sums, grads)
+            totals = [grads[i] for i in columns[0]]       # last call first
+            for column in columns[1:]:
+                totals = torch._foreach_add(totals, [grads[i] for i in column])
+        else:                                             # a call whose output the loss did not use
+            totals = []
+            for idx in parts:
+                total = None
+                for i in idx:
+                    if grads[i] is not None:
+                        sums[i].add_(grads[i])
+                        total = grads[i] if total is None else total + grads[i]
+                totals.append(total)
+        for leaf, total in zip(leaves, totals):
+            leaf.grad = total
+
+    def _gather_plan(self, order: tuple) -> tuple:
+        """(site leaves, their sums, the tied leaves, columns of site-leaf indices: the j-th column
+        holds each tied leaf's j-th part, last call first (None unless every tied leaf has as many
+        parts), each tied leaf's part indices)."""
+        keys = list(dict.fromkeys(order))                 # each site leaf once, in first-read order
+        last_read = {key: i for i, key in enumerate(order)}
+        canonicals = list(dict.fromkeys(c for c, _ in keys))
+        parts = [sorted((i for i, k in enumerate(keys) if k[0] == c), key=lambda i: -last_read[keys[i]])
+                 for c in canonicals]
+        columns = [list(column) for column in zip(*parts)] if len({len(p) for p in parts}) == 1 else None
+        return ([self.site_leaves[k] for k in keys], [self.site_sums[k] for k in keys],
+                [self.leaf_by_name[c] for c in canonicals], columns, parts)
 
     def dropout(self, x: torch.Tensor, rates: Sequence[float], channelwise: bool) -> torch.Tensor:
         """Inverted dropout with member k's rate and generator on its rows of x (member-major)."""

@@ -336,7 +336,8 @@ class _Group:
                 # member's rows reach only its own parameters, so frozen members need no mask). A scalar's
                 # backward, not an explicit gradient: that one's first call imports torch.fx and sympy (~0.3 s).
                 losses.sum().backward()
-                if recorder is not None and members.capturing:
+                if members.capturing:
+                    members.gather_sites()                              # tied tensors' .grad: their sites' total
                     recorder.accumulate()                               # gradients captured before the step
                 optimizer.step()
 

@@ -7,17 +7,17 @@ call site of a shared tensor is a module path of its own and can be told apart.
 
 `named_parameters()` lists a shared tensor once, under its canonical name (the first path),
 and autograd sums every use into its `.grad`. The engine (runner.batched) splits that sum back
-into the part that flowed through each call site: each call site reads its tied tensors through
-`SiteTap`, an identity autograd Function whose backward accumulates into per-site buffers. The
-taps change no result, and only tied tensors get them (an untied parameter's single site *is*
-its `.grad`).
+into the part that flowed through each call site: while capturing, each call site reads its tied
+tensors as leaves of its own sharing their storage (`Members.site_leaves`), and after the backward
+`Members.gather_sites()` adds each site's gradient to its per-site sum and sets the tensor's
+`.grad` to their total, added in autograd's own order, so capturing changes no result. Only tied
+tensors get site leaves (an untied parameter's single site *is* its `.grad`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
-import torch
 from torch import nn
 
 from .config import UserError
@@ -167,22 +167,3 @@ def tie(model: nn.Module, sharing_cfg) -> TieMap:
 
 def _shapes(shapes: Dict[str, tuple]) -> str:
     return "(" + ", ".join(f"{n} {list(s)}" for n, s in shapes.items()) + ")"
-
-
-class SiteTap(torch.autograd.Function):
-    """Identity on the parameters one call site reads; its backward adds the gradient flowing
-    through this call into the site's accumulators and passes it on unchanged, so capturing
-    changes no result. One Function per call (all of a site's tensors together) costs about
-    half of one tensor hook per tensor."""
-
-    @staticmethod
-    def forward(ctx, accumulators, *params):
-        ctx.accumulators = accumulators
-        return tuple(p.view_as(p) for p in params)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        for acc, g in zip(ctx.accumulators, grads):
-            if acc is not None and g is not None:
-                acc.add_(g)
-        return (None, *grads)

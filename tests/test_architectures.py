@@ -54,6 +54,7 @@ def test_per_site_grads_of_a_conv_tied_three_times_float64(make_cfg):
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 1, 28, 28, generator=g, dtype=torch.float64), torch.randint(0, 10, (16,), generator=g)
     torch.nn.functional.cross_entropy(members.forward(x, [(0, 1)]), y).backward()
+    members.gather_sites()
     torch.nn.functional.cross_entropy(twin(x), y).backward()
     grad = dict(zip(members.names, (p.grad for p in members.leaves)))
     for leaf in ("weight", "bias"):
@@ -185,6 +186,7 @@ def test_reused_module_object_is_two_call_sites(user_models, make_cfg, tmp_path)
     members.capturing = True
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     torch.nn.functional.cross_entropy(members.forward(x, [(0, 1)]), y).backward()
+    members.gather_sites()
     a, b = members.site_sums[("a.weight", "a")], members.site_sums[("a.weight", "b")]
     assert not torch.equal(a, b)  # its two calls are told apart (by order)
     torch.testing.assert_close(a + b, members.leaf_by_name["a.weight"].grad)
