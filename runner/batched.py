@@ -95,6 +95,7 @@ class Members:
         self.batch = x.shape[0] // len(self.groups)
         for module in self.reused:                        # call counters of modules at several paths
             module.__dict__["calls"] = 0
+        self.tapped.clear()                               # gather_sites() follows this forward's backward
         return self.to_members(self.model(x))
 
     def set_groups(self, groups: Sequence[Tuple[int, int]]) -> torch.Tensor:

@@ -226,8 +226,16 @@ def without_hydra(cfg: DictConfig) -> DictConfig:
 
 
 def plain_config(cfg: DictConfig) -> dict:
-    """The resolved config as plain Python (what run.json records)."""
-    return OmegaConf.to_container(without_hydra(cfg), resolve=True)
+    """The resolved config as plain Python (what run.json records), Hydra's node left out. Node by
+    node from the config itself: through without_hydra's copy it cost ~1.5 ms, and a grid's
+    launcher and engine ask ~3 times per job."""
+    plain = {}
+    for key in cfg:
+        if key == "hydra":
+            continue
+        node = cfg._get_node(key)
+        plain[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else cfg[key]
+    return plain
 
 
 def check_schema(cfg: DictConfig) -> None:
