@@ -11,7 +11,7 @@ import torch
 
 from runner import snapshot
 from runner.batched import Members
-from runner.engine import build, run
+from runner.engine import build, run, run_members
 
 from conftest import run_cli
 
@@ -125,6 +125,17 @@ MODELS = textwrap.dedent('''
             return self.head(self.gain(x))
 
 
+    class Gains(nn.Module):                      # two of an unknown layer, for sharing.groups=[[g1,g2]]
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(784, 8)
+            self.g1, self.g2 = Gain(8), Gain(8)
+            self.out = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.out(torch.tanh(self.g2(torch.tanh(self.g1(self.inp(x.flatten(1)))))))
+
+
     class Shared(nn.Module):                     # the seed's pattern: one Linear object at two paths
         def __init__(self):
             super().__init__()
@@ -177,6 +188,27 @@ def test_custom_model_with_ties_sites_and_vmap_layer(user_models, make_cfg, tmp_
                                tensors[("fc2.weight", "grad", None)], rtol=1e-5, atol=1e-8)
     acts = snapshot.read_activations(tmp_path / "r")
     assert list(acts[acts.epoch == 0].layer) == ["act", "act#2", "act#3", "act#4"]
+
+
+def test_tied_unknown_layer_sites_under_vmap(user_models, make_cfg, tmp_path):
+    """A layer type paramlab does not know, tied at two call sites (vmap over functional_call):
+    its site gradients add up to its .grad, capturing changes no result, and an ensemble's
+    members hold the sites their runs alone do."""
+    over = ("model=custom", "model._target_=mymodels.Gains", "sharing=groups", "sharing.groups=[[g1,g2]]",
+            "data.limit=200", "init=normal")
+    a = run(make_cfg(*over), tmp_path / "a")
+    b = run(make_cfg(*over, "snapshot.enabled=false"), tmp_path / "b")
+    assert a["final"] == b["final"]
+    t = {(x["name"], x["kind"], x["site"]): x["array"] for x in snapshot.read_tensors(tmp_path / "a", epoch=2)}
+    one, two = t[("g1.gain", "grad_site", "g1")], t[("g1.gain", "grad_site", "g2")]
+    assert not np.allclose(one, two)
+    np.testing.assert_allclose(one + two, t[("g1.gain", "grad", None)], rtol=1e-5, atol=1e-8)
+    result = run_members([make_cfg(*over, "optim.lr=0.05"), make_cfg(*over)],
+                         [tmp_path / "e0", tmp_path / "e1"], ensemble=True)
+    assert result.infos[1]["ensemble"]["size"] == 2
+    e = {(x["name"], x["kind"], x["site"]): x["array"] for x in snapshot.read_tensors(tmp_path / "e1", epoch=2)}
+    for key in (("g1.gain", "grad_site", "g1"), ("g1.gain", "grad_site", "g2"), ("g1.gain", "value", None)):
+        np.testing.assert_allclose(e[key], t[key], rtol=1e-4, atol=1e-6)   # vmap: equal up to rounding
 
 
 def test_reused_module_object_is_two_call_sites(user_models, make_cfg, tmp_path):
