@@ -83,6 +83,7 @@ class Members:
         # at the same address in every replay (training and evaluation alternate groupings).
         self._member_groups: Dict[tuple, torch.Tensor] = {tuple(self.groups): self.member_group}
         self.batch = 0
+        self.input_ptr = 0
         self.model, self.batched = _batch_modules(self, templates)
         self.reused = [b for b in self.batched if len(b.sites) > 1]
         self.model.to(self.device)
@@ -93,6 +94,7 @@ class Members:
         group g (members of a group are consecutive). Returns (K*B, ...) member-major outputs."""
         self.set_groups(groups)
         self.batch = x.shape[0] // len(self.groups)
+        self.input_ptr = x.data_ptr()                     # the data batch: a first Linear reads it (flattened)
         for module in self.reused:                        # call counters of modules at several paths
             module.__dict__["calls"] = 0
         self.tapped.clear()                               # gather_sites() follows this forward's backward
@@ -302,12 +304,14 @@ class BatchedLinear(_Batched):
         w, *b = self.tensors()                             # (K, out, in), (K, out); K = 1: (out, in), (out,)
         b = b[0] if b else None
         m = self.members
-        if x.dim() == 2 and not x.requires_grad and torch.is_grad_enabled() and not x.is_cuda:
-            # Training, on rows no gradient flows back into (the input batch): each member computes
-            # (W x^T + b)^T, a run alone with plain autograd ops (no Python node: ~10 us a step less).
-            # Not in evaluation (no gradients): there this product's kernels depend on the thread
-            # count for 5-11 outputs (the 10-class head: measured), and a member evaluated by a
-            # one-thread worker must equal its run alone on two threads; F.linear's do not.
+        if x.dim() == 2 and not x.is_cuda and (not x.requires_grad if torch.is_grad_enabled()
+                                               else x.data_ptr() == m.input_ptr):
+            # On rows no gradient flows back into (training: the input batch; evaluation: the data
+            # batch itself, recognized by its address, not any layer's rows): each member computes
+            # (W x^T + b)^T, a run alone with plain autograd ops (no Python node: ~10 us a step
+            # less), one-thread where that product's bits depend on the thread count (threads_matter).
+            # Evaluation's other layers stay on F.linear's x W^T, whose bits do not (the 10-class
+            # head as W h^T does: measured), so that nothing pins them.
             if m.k == 1:
                 pin_forward, pin_backward = self._pins("data", x, w)
                 with one_thread(pin_forward):
