@@ -149,3 +149,13 @@ def test_device_side_divergence_freezes_the_member(make_cfg, tmp_path, monkeypat
     result = run_members(cfgs, [tmp_path / "bad", tmp_path / "good"], ensemble=True, keep_model=True)
     assert [i["status"] for i in result.infos] == ["diverged", "completed"]
     assert all(torch.isfinite(p).all() for p in result.models[0].parameters())
+
+
+def test_predictions_are_argmax_with_ties_nan_and_inf():
+    from runner.engine import predictions
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, (2000, 10), generator=g).float()          # many ties
+    x[torch.rand(x.shape, generator=g) < 0.03] = float("nan")
+    x[torch.rand(x.shape, generator=g) < 0.03] = float("inf")
+    x[:4] = torch.tensor([[1.0] * 10, [float("nan")] * 10, [0.0] * 9 + [float("nan")], [float("-inf")] * 10])
+    assert torch.equal(predictions(x), x.argmax(1))
