@@ -97,7 +97,10 @@ class Members:
         self.input_ptr = x.data_ptr()                     # the data batch: a first Linear reads it (flattened)
         for module in self.reused:                        # call counters of modules at several paths
             module.__dict__["calls"] = 0
-        self.tapped.clear()                               # gather_sites() follows this forward's backward
+        if self.capturing:                                # gather_sites() follows this forward's backward;
+            self.tapped.clear()                           # a capture never gathered (a failed step or
+            for leaf in self.site_leaves.values():        # CUDA-graph recording) leaves nothing behind
+                leaf.grad = None
         return self.to_members(self.model(x))
 
     def set_groups(self, groups: Sequence[Tuple[int, int]]) -> torch.Tensor:

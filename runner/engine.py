@@ -892,7 +892,7 @@ def predictions(logits):
     return logits.max(1).indices
 
 
-EVAL_MIN_ROWS = 256
+EVAL_ROWS = 500
 
 
 def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
@@ -901,14 +901,16 @@ def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
     import torch
 
     k, n = members.k, x.shape[0]
-    # batch_size rows in all on the CPU (arithmetic-bound); on a GPU (launch-bound) batch_size rows
-    # per member, up to 16384 rows in all (a bound on the activations' memory: ~0.8 GB per layer
-    # for a 16-channel 28x28 convolution). On the CPU the rows are split into chunks of equal size
-    # (at least EVAL_MIN_ROWS): a matmul over a short last chunk (10000 rows in 1111s: one row) uses
-    # other kernels than over many rows, and an ensemble member's validation numbers would then
-    # differ, in the last bits, from its run alone's (which takes all rows at once; measured).
+    # On the CPU the same chunks whatever K: min(batch_size, EVAL_ROWS) rows per member, the rows
+    # split into chunks of equal size. A narrow layer's matmul rounds each row differently by how
+    # many rows it takes at once (measured: 2-11 wide input layers, also on one thread), so a
+    # member evaluated in other chunks than its run alone differs in the last bits; EVAL_ROWS
+    # bounds the activations' memory at K x 500 rows (~1.6 GB per layer for 64 members of a
+    # 16-channel 28x28 convolution; a smaller data.eval_batch_size lowers it) and costs a run alone
+    # ~1 ms an epoch against one 10000-row chunk (seed preset). On a GPU (launch-bound, no
+    # bit-equality claimed) batch_size rows per member, up to 16384 rows in all.
     if x.device.type == "cpu":
-        most = max(min(n, EVAL_MIN_ROWS), batch_size // k)
+        most = max(1, min(n, batch_size, EVAL_ROWS))
         chunk = -(-n // -(-n // most))
     else:
         chunk = max(1, min(batch_size, 16384 // k))

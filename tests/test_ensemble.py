@@ -179,3 +179,28 @@ def test_exact_returns_each_members_own_bits():
         w, xs, bs = torch.randn(k, o, i, generator=g), torch.randn(k, rows, i, generator=g), torch.zeros(0)
         assert torch.equal(exact("test-bmm", _bmm_wxt, _loop_wxt, w, xs, bs), _loop_wxt(w, xs, bs))
         assert torch.equal(exact("test-rows", _rows_wxt, _loop_wxt, w, xs[:1], bs), _loop_wxt(w, xs[:1], bs))
+
+
+@pytest.mark.parametrize("width", [2, 5])
+def test_evaluation_chunks_do_not_depend_on_the_ensemble_size(width):
+    """Narrow input layers round each row differently by how many rows one matmul takes, so a
+    member must be evaluated in the same chunks as its run alone (under the old rule, rows //
+    K per chunk, members of 6 differed from their runs alone in the last bits: 1667 against 10000
+    rows)."""
+    import torch
+    from torch import nn
+
+    from runner.batched import Members
+    from runner.engine import evaluate
+    from runner.sharing import build_tie_map
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.ReLU(), nn.Linear(width, 10))
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(10000, 1, 28, 28, generator=g), torch.randint(0, 10, (10000,), generator=g)
+    alone = [evaluate(Members([model(s)], build_tie_map(model(s)), "cpu", [s]), x, y, 10000) for s in range(6)]
+    templates = [model(s) for s in range(6)]
+    loss, acc = evaluate(Members(templates, build_tie_map(templates[0]), "cpu", list(range(6))), x, y, 10000)
+    assert [(a[0][0], a[1][0]) for a in alone] == list(zip(loss, acc))
