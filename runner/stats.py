@@ -1,6 +1,6 @@
 """On-device statistics of stacked (K, ...) tensors, one row per member: for each tensor a fixed
-handful of row reductions over its K rows (no per-element Python, no per-member loop), small
-tensors laid end to end and reduced together, and one copy to the host at the end.
+handful of reductions over its elements (no per-element Python, no per-member loop), small
+tensors of one size stacked (K, r, n) and reduced together, and one copy to the host at the end.
 
 What `params/` stores per tensor: numel, mean, std (population), L2 norm, min, max, frac_zero,
 n_nonfinite, quantiles from an evenly strided sample, and a histogram with `bins` equal bins
