@@ -111,15 +111,20 @@ def test_dropout_masks_rate_scale_and_own_generator(make_cfg):
     templates, tie_map = zip(*[build(make_cfg()) for _ in rates])
     members = Members(list(templates), tie_map[0], "cpu", [11, 12, 13])
     x = torch.ones(len(rates) * 4000, 8)
-    out = members.dropout(x, rates, channelwise=False).view(len(rates), 4000, 8)
+    # Twice: buffers are reused between calls, and the second draw continues each member's stream.
+    outs = [members.dropout(x, rates, channelwise=False).view(len(rates), 4000, 8) for _ in range(2)]
     for m, p in enumerate(rates):
-        dropped = (out[m] == 0).double().mean().item()
-        assert abs(dropped - p) < 0.02, (p, dropped)
-        kept = out[m][out[m] != 0]
-        assert torch.equal(kept, torch.full_like(kept, 1.0 / (1.0 - p)))
         model, ties = build(make_cfg())
         alone = Members([model], ties, "cpu", [11 + m])
-        assert torch.equal(alone.dropout(torch.ones(4000, 8), [p], channelwise=False), out[m])
+        generator = torch.Generator().manual_seed(11 + m)          # an independent reference
+        for out in outs:
+            dropped = (out[m] == 0).double().mean().item()
+            assert abs(dropped - p) < 0.02, (p, dropped)
+            kept = out[m][out[m] != 0]
+            assert torch.equal(kept, torch.full_like(kept, 1.0 / (1.0 - p)))
+            assert torch.equal(alone.dropout(torch.ones(4000, 8), [p], channelwise=False), out[m])
+            uniforms = torch.rand(4000, 8, generator=generator) if p else torch.zeros(4000, 8)
+            assert torch.equal((uniforms < 1.0 - p).float() / (1.0 - p), out[m])
 
 
 @pytest.mark.parametrize("model", [["model.hidden=[8,8,8]", "sharing=all_hidden", "model.dropout=0.2"],
