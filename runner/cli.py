@@ -401,7 +401,10 @@ def main() -> None:
     def warm(plan: Plan) -> None:
         n = _parallel_workers(plan)
         if n > 0:
-            prewarm_workers(n, _data_of(plan.base))
+            launcher = OmegaConf.to_container(plan.base.hydra.launcher, resolve=True)
+            joblib_args = {k: v for k, v in launcher.items() if k != "_target_"} \
+                if "joblib" in str(launcher.get("_target_", "")) else None
+            prewarm_workers(n, _data_of(plan.base), joblib_args)
 
     guard("train", on_expanded=warm)
     hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -279,20 +279,49 @@ def _warm_worker(data: Optional[tuple]) -> int:
 
 
 def workers(n_workers: int):
-    """The pool of worker processes: joblib's reusable loky executor, the one the joblib launcher
-    uses too, so workers warmed here serve either launcher."""
+    """The ensemble launcher's pool of worker processes: joblib's reusable loky executor."""
     from joblib.executor import get_memmapping_executor
 
     return get_memmapping_executor(n_workers, timeout=300)
 
 
-def prewarm_workers(n_workers: int, data: Optional[tuple] = None) -> None:
+def prewarm_workers(n_workers: int, data: Optional[tuple] = None, joblib_args: Optional[dict] = None) -> None:
     """Start the worker processes (importing torch and the engine, ~3 s each, then loading
     `data` = (root, limit, device) if given) while the main process checks the command, so they
-    are warm when the jobs start."""
-    pool = workers(n_workers)
-    for _ in range(n_workers):
-        pool.submit(_warm_worker, data)
+    are warm when the jobs start. `joblib_args`: the joblib launcher's settings (hydra.launcher
+    without _target_), for the workers of that launcher: loky reuses a pool only when it is asked
+    for with the same arguments (measured: warmed here with others, every job of a joblib sweep
+    ran in freshly started workers, each importing torch again), so those are warmed through
+    joblib.Parallel with the launcher's own, in a thread, as hydra_joblib_launcher builds them."""
+    if joblib_args is None:
+        pool = workers(n_workers)
+        for _ in range(n_workers):
+            pool.submit(_warm_worker, data)
+        return
+    import threading
+
+    import joblib._parallel_backends  # noqa: F401  (imported here, not by the thread alongside this one)
+    from joblib import Parallel, delayed
+
+    args = {**joblib_args, "backend": "loky"}
+    try:
+        from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+
+        process_joblib_cfg(args)
+    except Exception:  # noqa: BLE001 (a warm-up only: without it the launcher starts its own workers)
+        pass
+
+    def warm() -> None:
+        try:
+            Parallel(**args)(delayed(_warm_worker)(data) for _ in range(n_workers))
+        except Exception:  # noqa: BLE001
+            pass
+
+    _PREWARM.append(threading.Thread(target=warm, name="paramlab-prewarm", daemon=True))
+    _PREWARM[-1].start()
+
+
+_PREWARM: list = []      # the joblib warm-up's thread (tests wait for it)
 
 
 def stop_workers() -> None:

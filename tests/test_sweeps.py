@@ -128,6 +128,48 @@ def test_worker_count_follows_joblib(monkeypatch):
     assert ensemble_pool(1, 5) == 0 and ensemble_pool(2, 2) == 1 and ensemble_pool(2, 5) == 2
 
 
+def test_joblib_launcher_reuses_the_prewarmed_workers():
+    """The joblib launcher's jobs run in the workers warmed while the command was checked: loky
+    reuses a pool only when asked with the same arguments (warmed with others, a joblib sweep
+    started a fresh pool, every worker importing torch again)."""
+    import os
+    from pathlib import Path
+
+    from joblib import Parallel, delayed
+    from joblib.externals.loky import get_reusable_executor
+
+    from runner import sweep
+
+    def children():
+        mine = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                    mine.append(int(entry.name))
+        return set(mine)
+
+    args = {"n_jobs": 2, "backend": None, "prefer": "processes", "require": None, "verbose": 0, "timeout": None,
+            "pre_dispatch": "2*n_jobs", "batch_size": "auto", "temp_folder": None, "max_nbytes": None,
+            "mmap_mode": "r"}                           # hydra/launcher=joblib's settings, n_jobs 2
+    get_reusable_executor().shutdown(wait=True)     # no pool from an earlier test
+    try:
+        sweep.prewarm_workers(2, None, args)
+        sweep._PREWARM[-1].join(120)
+        warmed = children()
+        assert len(warmed) >= 2
+        job_args = {**args, "backend": "loky"}
+        from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+        process_joblib_cfg(job_args)                # as the launcher calls joblib
+        Parallel(**job_args)(delayed(os.getpid)() for _ in range(4))
+        assert children() == warmed
+    finally:
+        get_reusable_executor().shutdown(wait=True)
+
+
 def test_progress_counts_finished_jobs():
     from runner.sweep import progress
     assert progress({"completed": 2, "diverged": 1, "failed": 1, "pending": 3, "running": 1}) == "4/8 done"
