@@ -533,7 +533,7 @@ def _rows_wxt(w, xs, bs):   # the members' weights stacked into one product
 
 # gs (n, rows, out), xs (n or 1, rows, in) -> (n, out, in): each member's g^T x
 def _loop_gx(gs, xs):
-    return torch.stack([torch.mm(gs[m].t(), xs[m if xs.shape[0] > 1 else 0]) for m in range(gs.shape[0])])
+    return torch.stack([_gtx(gs[m], xs[m if xs.shape[0] > 1 else 0]) for m in range(gs.shape[0])])
 
 
 def _bmm_gx(gs, xs):
