@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import traceback
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -399,14 +400,22 @@ def main() -> None:
     from .sweep import prewarm_workers, quick_exit, stop_workers, sweep_exit_code
 
     def warm(plan: Plan) -> None:
-        n = _parallel_workers(plan)
+        n, here = _processes(plan)
+        if here:
+            threading.Thread(target=_warm_here, name="paramlab-warm", daemon=True).start()
         if n > 0:
             launcher = OmegaConf.to_container(plan.base.hydra.launcher, resolve=True)
             joblib_args = {k: v for k, v in launcher.items() if k != "_target_"} \
                 if "joblib" in str(launcher.get("_target_", "")) else None
             prewarm_workers(n, _data_of(plan.base), joblib_args)
 
-    guard("train", on_expanded=warm)
+    plan = guard("train", on_expanded=warm)
+    if plan is not None and _processes(plan)[1]:
+        from .engine import preload_data     # torch is imported: the checks built the models
+
+        # The first job's dataset (this process's first run, whatever the launcher), in a thread
+        # while Hydra composes the jobs again.
+        preload_data(*_data_of(plan.configs[0]), background=True)
     hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
     # An absolute path: works for `python -m`, console scripts and `python -c` alike.
     try:
@@ -424,23 +433,37 @@ def _data_of(cfg) -> tuple:
     return str(cfg.data.root), cfg.data.limit, str(cfg.device)
 
 
-def _parallel_workers(plan: Plan) -> int:
-    """How many worker processes the command's launcher will start (to warm them up early)."""
+def _processes(plan: Plan) -> Tuple[int, bool]:
+    """(worker processes the command's launcher will start, whether this process trains jobs
+    itself), to warm both up early."""
     if not plan.multirun:
-        return 0
+        return 0, True
     from .sweep import MEMBER_KEYS, ensemble_pool, worker_count
 
     launcher = str(plan.base.hydra.launcher.get("_target_", ""))
     n_jobs = plan.base.hydra.launcher.get("n_jobs")
     if "joblib" in launcher:
         n = worker_count(n_jobs, len(plan.jobs))
-        return n if n > 1 else 0
+        return (n, False) if n > 1 else (0, True)
     if "Ensemble" in launcher:
         # Jobs that differ in more than member keys (lr, seed, ...) are separate ensembles; the
         # configs are not composed yet, so count the distinct other overrides.
         def key(o: str) -> str:
             return o.split("=", 1)[0].lstrip("+~")
 
-        groups = {tuple(sorted(o for o in job if key(o) not in MEMBER_KEYS)) for job in plan.jobs}
-        return ensemble_pool(n_jobs, len(groups))
-    return 0
+        groups = len({tuple(sorted(o for o in job if key(o) not in MEMBER_KEYS)) for job in plan.jobs})
+        pool = ensemble_pool(n_jobs, groups)
+        return pool, pool < worker_count(n_jobs, groups)
+    return 0, True
+
+
+def _warm_here() -> None:
+    """In a thread while the command's checks import torch (measured: the two imports side by
+    side take ~0.1 s less than one after the other): pyarrow's pandas import, which its first
+    table does (~0.15 s), so that it does not fall in the first epoch of this process's runs."""
+    try:
+        from . import snapshot
+
+        snapshot.warm()
+    except Exception:  # noqa: BLE001 (a warm-up only)
+        pass

@@ -715,7 +715,7 @@ class _Totals:
     def add(self, losses, logits, y) -> None:
         """losses (K,), logits (K*B, 10), y (K, B)."""
         b = y.shape[1]
-        self.correct += (predictions(logits).view(self.k, -1) == y).sum(1)
+        self.correct += (predictions(logits.detach()).view(self.k, -1) == y).sum(1)   # no autograd node
         if self.per_step:
             self._add_on_host(losses.tolist(), b)
         else:

@@ -15,7 +15,6 @@ paramlab_ensemble_launcher holds a three-line subclass of `EnsembleLauncherBase`
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -112,15 +111,9 @@ class EnsembleLauncherBase(Launcher):
         print(f"paramlab: {len(jobs)} jobs as {len(groups)} ensemble{'s' * (len(groups) > 1)} ({sizes}){side}",
               flush=True)
         # This process runs the first ensemble itself when every ensemble has a process of its own
-        # (one torch import and dataset load fewer); with more ensembles than processes, all go to
-        # the workers, which take the next as they finish.
+        # (one torch import and dataset load fewer: runner.cli preloads its dataset); with more
+        # ensembles than processes, all go to the workers, which take the next as they finish.
         own = workers - ensemble_pool(self.n_jobs, len(groups))
-        if own and "torch" in sys.modules:   # imported by the command's checks
-            from .engine import preload_data
-
-            # The dataset loads in a thread while the jobs are handed out and the ensemble is built.
-            base = jobs[groups[0][0]][1]
-            preload_data(str(base.data.root), base.data.limit, str(base.device), background=True)
         calls = []
         for g, members in enumerate(groups):
             cfgs = [without_hydra(jobs[i][1]) for i in members]
