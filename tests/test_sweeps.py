@@ -191,3 +191,22 @@ def test_group_key_keeps_compile_apart():
     assert group_key(base) != variant("trainer", "compile", False)
     assert group_key(base) != variant("trainer", "epochs", 3)
 
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], (0, True)),                                                             # one run: here
+    (["-m", "sharing=none,all_hidden", "optim.lr=0.1,0.5"], (1, True)),          # 2 ensembles: one here, one in a worker
+    (["-m", "sharing=none,all_hidden,groups", "optim.lr=0.1,0.5"], (2, False)),  # 3 ensembles: all in the 2 workers
+    (["-m", "hydra/launcher=basic", "optim.lr=0.1,0.5"], (0, True)),
+    (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim.lr=0.1,0.5"], (2, False)),
+])
+def test_command_warms_the_processes_that_will_train(overrides, expected, monkeypatch):
+    """Where the command warms up (workers started early; pyarrow/pandas and the dataset in its own
+    process only when that process trains a job itself)."""
+    import os
+
+    from runner.cli import Plan, _processes, expand_jobs
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    multirun, jobs, base, _ = expand_jobs([o for o in overrides if o != "-m"], "-m" in overrides)
+    assert _processes(Plan(multirun, jobs, [], base, overrides)) == expected
