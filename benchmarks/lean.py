@@ -27,21 +27,20 @@ def lean_epoch_seconds(make_model: Callable, epochs: int = 3, lr: float = 0.1, b
 
     ds = dataset or load()
     torch.manual_seed(seed)
-    train_x = ds.train_x                                  # normalised once, float32, in memory
-    model = make_model().to(train_x.device)
+    model = make_model().to(ds.train_x.device)
     params = list(model.parameters())
-    gen = torch.Generator(device=train_x.device).manual_seed(seed)
-    n = train_x.shape[0]
+    gen = torch.Generator(device=ds.train_x.device).manual_seed(seed)
+    n = ds.train_x.shape[0]
     times, buffers = [], None
     for _ in range(epochs):
         t = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, generator=gen, device=train_x.device)
-        loss_sum, correct = 0.0, torch.zeros((), dtype=torch.int64, device=train_x.device)
+        perm = torch.randperm(n, generator=gen, device=ds.train_x.device)
+        loss_sum, correct = 0.0, torch.zeros((), dtype=torch.int64, device=ds.train_x.device)
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
             y = ds.train_y[idx]
-            logits = model(train_x[idx])
+            logits = model(ds.train_x[idx])
             loss = F.cross_entropy(logits, y)
             loss_sum += loss.item() * y.shape[0]
             correct += (logits.argmax(1) == y).sum()

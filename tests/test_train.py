@@ -89,13 +89,6 @@ def test_data_limit_prefix_and_synthetic_format(data_root):
     assert ds.train_x.shape == (120, 1, 28, 28) and ds.test_x.shape == (20, 1, 28, 28)
     raw = data.read_idx(Path(data_root) / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte")
     assert torch.equal(ds.train_y, torch.from_numpy(raw[:120].astype(np.int64)))
-    # Training images kept as their bytes; a gathered batch normalised as the whole set is.
-    pixels = data.read_idx(Path(data_root) / "FashionMNIST" / "raw" / "train-images-idx3-ubyte")[:120]
-    assert ds.train_images.dtype == torch.uint8 and torch.equal(ds.train_images[:, 0], torch.from_numpy(pixels))
-    expected = (torch.from_numpy(pixels).double() / 255 - data.MEAN) / data.STD
-    assert torch.allclose(ds.train_x[:, 0].double(), expected, atol=1e-5)
-    idx = torch.tensor([7, 3, 99])
-    assert torch.equal(data.normalize(torch.index_select(ds.train_images, 0, idx)), ds.train_x[idx])
     with pytest.raises(UserError, match=r"data.limit=601 is larger than the training set \(600 examples\)"):
         data.load(data_root, limit=601)
 
