@@ -1,7 +1,8 @@
 """Every CPU benchmark in one command; prints a table of ratios against their targets and
 writes benchmarks/results.json. Each ratio compares against a baseline measured in the same
-run (the machines here are noisy). About 12 minutes on 2 cores (writing the 1000-run report
-tree takes 2 of them); --quick: about 4.
+run (the machines here are noisy). About 3.5 minutes on 2 cores (writing the 1000-run report
+tree is about 1 of them); --quick (fewer epochs and runs, a 2-epoch grid whose ratio start-up
+dominates): about 1.5.
 
     python benchmarks/run_all.py [--quick]
 """
