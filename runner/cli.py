@@ -459,8 +459,9 @@ def _processes(plan: Plan) -> Tuple[int, bool]:
 
 def _warm_here() -> None:
     """In a thread while the command's checks import torch (measured: the two imports side by
-    side take ~0.1 s less than one after the other): pyarrow's pandas import, which its first
-    table does (~0.15 s), so that it does not fall in the first epoch of this process's runs."""
+    side take ~0.05 s less than one after the other): pyarrow's pandas import, which its first
+    table does (~0.15 s), so that it does not fall in the first epoch of this process's runs
+    (their epoch_times_s stay even; the process as a whole takes as long as before)."""
     try:
         from . import snapshot
 
