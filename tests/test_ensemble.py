@@ -68,6 +68,7 @@ def test_ensemble_launcher_groups_and_isolates_a_diverging_member(tmp_path, data
                 f"data.root={data_root}", "trainer.epochs=2", "trainer.progress=false", "device=cpu",
                 "snapshot.tensors=false", f"hydra.sweep.dir={tmp_path / 'e'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr, r.stderr      # e.g. the resource tracker's, had the workers been killed
     # sgd/adam x tied/untied: 4 groups of 2 (lr is a member key), 2 side by side on 2 cores
     assert "paramlab: 8 jobs as 4 ensembles (2+2+2+2), 2 side by side (1 thread each)" in r.stdout
     statuses = {j["_dir"]: j["status"] for j in job_runs(tmp_path / "e")}
