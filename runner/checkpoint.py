@@ -8,8 +8,9 @@ is read with `torch.load(weights_only=True)`: no pickled code runs on load.
 from __future__ import annotations
 
 import io
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -20,10 +21,14 @@ FORMAT = 1
 
 
 def save(run_dir: Path, state: dict) -> None:
+    prepare(run_dir, state)()
+
+
+def prepare(run_dir: Path, state: dict) -> Callable[[], None]:
+    """`state` serialized now; returns the function that writes it atomically."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
-    data = buffer.getvalue()
-    snapshot._atomic_write(Path(run_dir) / NAME, lambda f: f.write(data))
+    return partial(snapshot.write_bytes, Path(run_dir) / NAME, buffer.getvalue())
 
 
 def load(run_dir: Path) -> Optional[dict]:

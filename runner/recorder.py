@@ -56,8 +56,9 @@ class Recorder:
     @torch.no_grad()
     def snapshot(self, epoch: int, steps: int, run_dirs: Sequence[Path], active: Sequence[int]) -> Dict[int, Callable]:
         """The statistics of `epoch` for all members (0 = right after init: values only), and per
-        member in `active` a function that writes its `params/` (+ `tensors/`) and `activations/`
-        files from host copies (so a background thread may run it while training goes on).
+        member in `active` a function that encodes its `params/` (+ `tensors/`) and `activations/`
+        files from host copies and returns the function that writes them (engine._Writer runs
+        each where it costs training least).
         `steps`: optimizer steps since reset(), counted by the loop (a replayed CUDA graph runs no
         Python)."""
         m = self.members
@@ -108,13 +109,14 @@ class Recorder:
         kinds = {r: kind for r, (kind, _) in extra.items()}
         self.previous = [v.clone() for v in values]
         self.previous_epoch = epoch
-        return {member: partial(_write, Path(run_dirs[member]), epoch, member, rows, stats, picks, kinds, extras,
+        return {member: partial(_prepare, Path(run_dirs[member]), epoch, member, rows, stats, picks, kinds, extras,
                                 [rows[r] for r in stored], flat, layers, act) for member in active}
 
 
-def _write(run_dir: Path, epoch: int, member: int, rows, stats, picks, kinds, extras, stored, flat, layers,
-           act) -> None:
-    """One member's params/ (+ tensors/) and activations/ files of one epoch."""
+def _prepare(run_dir: Path, epoch: int, member: int, rows, stats, picks, kinds, extras, stored, flat, layers,
+             act) -> Callable[[], None]:
+    """One member's params/ (+ tensors/) and activations/ files of one epoch, encoded now; returns
+    the function that writes them."""
     cols = {"epoch": [epoch] * len(rows), "name": [r[0] for r in rows], "kind": [r[1] for r in rows],
             "site": [r[2] for r in rows], "shape": [list(r[3]) for r in rows]}
     for key, column in stats.items():
@@ -122,11 +124,17 @@ def _write(run_dir: Path, epoch: int, member: int, rows, stats, picks, kinds, ex
         cols[key] = list(picked) if picked.ndim == 2 else picked
     for key in ("cos_grad", "step_var"):
         cols[key] = [float(extras[r][member]) if kinds.get(r) == key else None for r in range(len(rows))]
-    snapshot.write_table(run_dir, "params", epoch, cols)
+    writes = [snapshot.prepare_table(run_dir, "params", epoch, cols)]
     if flat is not None:
-        snapshot.write_table(run_dir, "tensors", epoch, tensors_columns(epoch, stored, flat[member]))
+        writes.append(snapshot.prepare_table(run_dir, "tensors", epoch, tensors_columns(epoch, stored, flat[member])))
     if act is not None:
-        write_activations(run_dir, epoch, layers, act[member])
+        writes.append(prepare_activations(run_dir, epoch, layers, act[member]))
+
+    def write() -> None:
+        for one in writes:
+            one()
+
+    return write
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -199,10 +207,10 @@ def activation_stats(members: Members, outputs: dict) -> np.ndarray:
     return torch.stack(rows, dim=1).cpu().numpy()
 
 
-def write_activations(run_dir: Path, epoch: int, layers, act: np.ndarray) -> None:
+def prepare_activations(run_dir: Path, epoch: int, layers, act: np.ndarray) -> Callable[[], None]:
     """One member's `activations/` file: `layers` (name, (K, B, units)), `act` its (layers, 4) statistics."""
     shapes = [shape for _, shape in layers]
-    snapshot.write_table(run_dir, "activations", epoch, {
+    return snapshot.prepare_table(run_dir, "activations", epoch, {
         "epoch": [epoch] * len(shapes), "layer": [name for name, _ in layers],
         "units": [int(s[2]) for s in shapes], "examples": [int(s[1]) for s in shapes],
         "mean": act[:, 0], "var": act[:, 1], "frac_dead": act[:, 2], "frac_zero": act[:, 3]})

@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import os
 import threading
+from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -79,8 +80,18 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_json(path: Path, obj: dict) -> None:
+    prepare_json(path, obj)()
+
+
+def prepare_json(path: Path, obj: dict) -> Callable[[], None]:
+    """`obj` encoded now; returns the function that writes it to `path` atomically."""
     data = (json.dumps(obj, indent=2, default=_json_default) + "\n").encode()
-    _atomic_write(Path(path), lambda f: f.write(data))
+    return partial(write_bytes, Path(path), data)
+
+
+def write_bytes(path: Path, data) -> None:
+    """Bytes (or a pyarrow Buffer) into `path` atomically: file system calls only (they free the GIL)."""
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def _json_default(o):
@@ -96,16 +107,21 @@ def epoch_file(run_dir: Path, table: str, epoch: int) -> Path:
 
 
 def _write_parquet(path: Path, table: "pa.Table") -> None:
-    """A table into `path`, atomically: zstd for the list columns (full tensors, histograms), the
-    others as they are (a column's compressor costs ~10 us to set up and gains nothing on an
-    epoch's few scalars: half the CPU of writing a params file, measured); dictionaries for the
-    string keys only (not the floats); row groups of 4096 rows so readers can skip epochs by
-    their statistics."""
+    """A table into `path`, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    compression = _COMPRESSION.get(table.schema) or _compression(table.schema)
-    _atomic_write(path, lambda f: pq.write_table(
-        table, f, compression=compression, use_dictionary=["name", "kind", "site", "split", "metric", "layer"],
-        row_group_size=4096))
+    write_bytes(path, _encode_parquet(table))
+
+
+def _encode_parquet(table: "pa.Table") -> "pa.Buffer":
+    """A Parquet file's bytes: zstd for the list columns (full tensors, histograms), the others as
+    they are (a column's compressor costs ~10 us to set up and gains nothing on an epoch's few
+    scalars: half the CPU of writing a params file, measured); dictionaries for the string keys
+    only (not the floats); row groups of 4096 rows so readers can skip epochs by their statistics.
+    Into memory, then written in one call: ~7% less CPU than pyarrow writing through a Python file."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=_COMPRESSION.get(table.schema) or _compression(table.schema),
+                   use_dictionary=["name", "kind", "site", "split", "metric", "layer"], row_group_size=4096)
+    return sink.getvalue()
 
 
 def _compression(schema: "pa.Schema") -> dict:
@@ -125,12 +141,24 @@ def warm() -> None:
 
 def write_table(run_dir: Path, table: str, epoch: int, columns: dict) -> Path:
     """Write one epoch's rows of `table` (a dict of columns) atomically; returns the file path."""
+    prepare_table(run_dir, table, epoch, columns)()
+    return epoch_file(run_dir, table, epoch)
+
+
+def prepare_table(run_dir: Path, table: str, epoch: int, columns: dict) -> Callable[[], None]:
+    """One epoch's rows of `table` encoded now (the CPU part: Arrow columns, Parquet bytes); returns
+    the function that writes them atomically (file system calls only)."""
     path = epoch_file(run_dir, table, epoch)
     rows = pa.Table.from_pydict(columns, schema=SCHEMAS[table])
-    _write_parquet(path, rows)
-    if table in COMPACT_TABLES:
-        _remember(str(path), rows)
-    return path
+    data = _encode_parquet(rows)
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(path, data)
+        if table in COMPACT_TABLES:
+            _remember(str(path), rows)
+
+    return write
 
 
 # The compactable tables this process wrote, by file: compact_run takes its rows from here instead of

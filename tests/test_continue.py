@@ -21,16 +21,16 @@ KILL_AT = """
 import os, sys
 from runner import snapshot, checkpoint
 target = os.environ["KILL_AT"]          # e.g. "params/3" or "checkpoint/3"
-real_table, real_save = snapshot.write_table, checkpoint.save
-def table(run_dir, name, epoch, columns):
-    if target == f"{name}/{epoch}":
-        os._exit(137)
-    return real_table(run_dir, name, epoch, columns)
+real_table, real_save = snapshot.prepare_table, checkpoint.prepare
+def die():
+    os._exit(137)
+def table(run_dir, name, epoch, columns):    # the file's encoding done, it dies as the file is written
+    write = real_table(run_dir, name, epoch, columns)
+    return die if target == f"{name}/{epoch}" else write
 def save(run_dir, state):
-    if target == f"checkpoint/{state['epoch']}":
-        os._exit(137)
-    return real_save(run_dir, state)
-snapshot.write_table, checkpoint.save = table, save
+    write = real_save(run_dir, state)
+    return die if target == f"checkpoint/{state['epoch']}" else write
+snapshot.prepare_table, checkpoint.prepare = table, save
 from runner.cli import main
 sys.argv = ["runner.train"] + sys.argv[1:]
 main()

@@ -210,3 +210,66 @@ def test_evaluation_chunks_do_not_depend_on_the_ensemble_size(width):
     templates = [model(s) for s in range(6)]
     loss, acc = evaluate(Members(templates, build_tie_map(templates[0]), "cpu", list(range(6))), x, y, 10000)
     assert [(a[0][0], a[1][0]) for a in alone] == list(zip(loss, acc))
+
+
+@pytest.mark.parametrize("when", ["encoding", "writing"])
+def test_a_member_whose_files_fail_fails_alone(make_cfg, tmp_path, monkeypatch, when):
+    """One member's params file of epoch 2 fails (while its bytes are encoded, which on the CPU
+    happens in the training thread, or while they are written, in a writer thread): that member
+    fails with its first epoch kept, the others train on to the end."""
+    import errno
+
+    real = snapshot.prepare_table
+
+    def flaky(run_dir, table, epoch, columns):
+        def full():
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir))
+        if run_dir.name == "1" and table == "params" and epoch == 2:
+            if when == "encoding":
+                full()
+            return full
+        return real(run_dir, table, epoch, columns)
+
+    monkeypatch.setattr(snapshot, "prepare_table", flaky)
+    cfgs = [make_cfg("trainer.epochs=3", f"optim.lr={lr}") for lr in (0.05, 0.1, 0.2)]
+    result = run_members(cfgs, [tmp_path / str(i) for i in range(3)])
+    infos = [json.loads((tmp_path / str(i) / "run.json").read_text()) for i in range(3)]
+    assert [i["status"] for i in infos] == ["completed", "failed", "completed"]
+    assert [i["epochs_completed"] for i in infos] == [3, 1, 3]
+    assert infos[1]["error"].startswith("OSError: No space left on device")
+    assert sorted(snapshot.read_params(tmp_path / "1").epoch.unique()) == [0, 1]
+    assert 1 in result.errors and not (set(result.errors) - {1})
+
+
+@pytest.mark.parametrize("encode_here", [True, False])
+def test_writer_encodes_where_told_and_writes_in_order(encode_here):
+    """engine._Writer: `prepare()` runs in the submitting thread on the CPU (encode_here) and in a
+    writer thread otherwise; a member's writes run in submission order; a member whose prepare
+    fails is reported once and skipped from then on, the others go on."""
+    import threading
+
+    from runner.engine import _Writer
+
+    writer = _Writer(2, encode_here=encode_here)
+    prepared_in, written = [], []
+
+    def job(member, n, fail=False):
+        def prepare():
+            prepared_in.append(threading.current_thread() is threading.main_thread())
+            if fail:
+                raise ValueError(f"member {member} cannot encode")
+            return lambda: written.append((member, n))
+        return prepare
+
+    try:
+        for n in range(3):
+            writer.submit(0, job(0, n))
+            writer.submit(1, job(1, n, fail=n == 1))
+        writer.wait()
+    finally:
+        writer.close()
+    assert set(prepared_in) == {encode_here}
+    assert [n for m, n in written if m == 0] == [0, 1, 2]
+    assert [n for m, n in written if m == 1] == [0]          # its prepare failed at 1: 2 was skipped
+    failures = writer.failures()
+    assert list(failures) == [1] and "cannot encode" in str(failures[1]) and writer.failures() == {}

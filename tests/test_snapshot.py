@@ -152,14 +152,17 @@ def test_tensors_off(make_cfg, tmp_path):
 
 
 def test_disk_full_fails_cleanly_and_keeps_earlier_epochs(make_cfg, tmp_path, monkeypatch):
-    real = snapshot.write_table
+    real = snapshot.prepare_table
 
     def flaky(run_dir, table, epoch, columns):
+        write = real(run_dir, table, epoch, columns)
         if epoch == 2 and table == "params":
-            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir))
-        return real(run_dir, table, epoch, columns)
+            def full():   # the disk fills as the file is written
+                raise OSError(errno.ENOSPC, "No space left on device", str(run_dir))
+            return full
+        return write
 
-    monkeypatch.setattr(snapshot, "write_table", flaky)
+    monkeypatch.setattr(snapshot, "prepare_table", flaky)
     with pytest.raises(OSError):
         run(make_cfg("trainer.epochs=3"), tmp_path / "r")
     info = json.loads((tmp_path / "r" / "run.json").read_text())

@@ -14,12 +14,15 @@ from conftest import CONF, run_cli
 FAULT = """
 import errno, sys
 from runner import snapshot
-real = snapshot.write_table
+real = snapshot.prepare_table
 def flaky(run_dir, table, epoch, columns):
+    write = real(run_dir, table, epoch, columns)
     if 'optim.lr=0.1,sharing=none' in str(run_dir) and epoch == 1:
-        raise OSError(errno.ENOSPC, 'No space left on device')
-    return real(run_dir, table, epoch, columns)
-snapshot.write_table = flaky
+        def full():
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return full
+    return write
+snapshot.prepare_table = flaky
 from runner.cli import main
 sys.argv = ['runner.train'] + sys.argv[1:]
 main()
