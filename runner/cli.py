@@ -126,6 +126,10 @@ class Composer:
     def __init__(self):
         self.cache: dict = {}
         self.groups: Optional[set] = None
+        # Job configs the command's checks composed, by their overrides, each handed out once more:
+        # to the ensemble launcher, which would compose the same job again (~7 ms a job; the same
+        # overrides, the hydra.* ones first). Cleared when the next command is planned.
+        self.composed: dict = {}
 
     def _full(self, overrides: Sequence[str]):
         from hydra import compose, initialize_config_dir
@@ -139,6 +143,10 @@ class Composer:
     def compose(self, overrides: Sequence[str]) -> DictConfig:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
         from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        job = _job_key(overrides)
+        if job in self.composed:
+            return self.composed.pop(job)
 
         if self.groups is None:   # the config groups: conf/'s folders (Hydra's own are hydra/...)
             self.groups = {d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()} | {"experiment"}
@@ -156,7 +164,19 @@ class Composer:
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         with_values = [o.input_line for o in parsed if not o.key_or_group.startswith(("hydra.", "hydra/"))]
         OmegaConf.update(cfg, "hydra.overrides.task", with_values, merge=False)
+        if job is not None:
+            self.composed[job] = cfg
         return cfg
+
+
+def _job_key(overrides: Sequence[str]) -> Optional[tuple]:
+    """The same job whatever the place of its hydra.* overrides: (the others in order, the hydra.*
+    ones sorted); None when a key repeats (then the order of all of them matters)."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    if len(set(keys)) != len(keys):
+        return None
+    hydra = sorted(o for o, k in zip(overrides, keys) if k.startswith(("hydra.", "hydra/")))
+    return tuple(o for o, k in zip(overrides, keys) if not k.startswith(("hydra.", "hydra/"))), tuple(hydra)
 
 
 COMPOSER = Composer()
@@ -169,6 +189,7 @@ def expand_jobs(overrides: List[str], multirun: bool) -> Tuple[bool, List[List[s
 
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(overrides)
+    COMPOSER.composed.clear()                 # a new command: the last one's job configs are not its
     # Compose once with the first value of each sweep to read the preset's hydra settings.
     base = COMPOSER.compose([_first_value(o) for o in parsed])
     multirun = multirun or str(base.hydra.mode) in ("RunMode.MULTIRUN", "MULTIRUN")

@@ -213,3 +213,21 @@ def test_command_warms_the_processes_that_will_train(overrides, expected, monkey
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     multirun, jobs, base, _ = expand_jobs([o for o in overrides if o != "-m"], "-m" in overrides)
     assert _processes(Plan(multirun, jobs, [], base, overrides)) == expected
+
+
+def test_a_job_config_the_checks_composed_is_handed_to_the_launcher_once():
+    """The ensemble launcher composes each job again with its hydra.* overrides first: it gets the
+    config the command's checks composed (once), the same as a fresh composition."""
+    from omegaconf import OmegaConf
+
+    from runner.cli import COMPOSER, _job_key, expand_jobs
+
+    expand_jobs(["optim.lr=0.3"], False)                        # a new command: nothing handed over
+    checked = COMPOSER.compose(["sharing=none", "optim.lr=0.1", "hydra.sweep.dir=/tmp/x", "hydra.job.chdir=false"])
+    launcher = COMPOSER.compose(["hydra.job.chdir=false", "hydra.sweep.dir=/tmp/x", "sharing=none", "optim.lr=0.1"])
+    again = COMPOSER.compose(["hydra.job.chdir=false", "hydra.sweep.dir=/tmp/x", "sharing=none", "optim.lr=0.1"])
+    assert launcher is checked and again is not checked
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(checked)
+    assert list(checked.hydra.overrides.task) == ["sharing=none", "optim.lr=0.1"]
+    assert _job_key(["optim.lr=0.1", "optim.lr=0.2"]) is None    # a repeated key: order matters, no hand-over
+    assert _job_key(["a=1", "b=2"]) != _job_key(["b=2", "a=1"])
