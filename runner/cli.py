@@ -437,6 +437,10 @@ def main() -> None:
         # The first job's dataset (this process's first run, whatever the launcher), in a thread
         # while Hydra composes the jobs again.
         preload_data(*_data_of(plan.configs[0]), background=True)
+    if plan is not None:
+        from .launcher import prelaunch
+
+        prelaunch(plan)   # the workers' ensembles start now, while Hydra sets the sweep up
     hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
     # An absolute path: works for `python -m`, console scripts and `python -c` alike.
     try:

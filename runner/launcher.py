@@ -15,6 +15,7 @@ paramlab_ensemble_launcher holds a three-line subclass of `EnsembleLauncherBase`
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -84,8 +85,7 @@ class EnsembleLauncherBase(Launcher):
         from hydra.core.utils import configure_log, setup_globals
 
         from .cli import COMPOSER, job_dir, outcome_line
-        from .config import plain_config, without_hydra
-        from .sweep import ensemble_pool, group_jobs, job_device, progress, refresh_sweep_json, worker_count
+        from .sweep import progress, refresh_sweep_json
 
         setup_globals()
         assert self.config is not None
@@ -101,27 +101,11 @@ class EnsembleLauncherBase(Launcher):
                 cfg.hydra.job.num = initial_job_idx + offset
                 cfg.hydra.job.id = f"{cfg.hydra.job.name}_{initial_job_idx + offset}"
             jobs.append((list(overrides), cfg, job_dir(cfg)))
-        plains = [plain_config(cfg) for _, cfg, _ in jobs]
-        groups = group_jobs(plains, self.max_members)
-        cores = os.cpu_count() or 1
-        workers = worker_count(self.n_jobs, len(groups))
-        threads = max(1, cores // max(workers, 1))
+        groups, workers, threads, own, calls = _plan(jobs, self.max_members, self.n_jobs)
         sizes = "+".join(str(len(g)) for g in groups)
         side = f", {workers} side by side ({threads} thread{'s' * (threads > 1)} each)" if workers > 1 else ""
         print(f"paramlab: {len(jobs)} jobs as {len(groups)} ensemble{'s' * (len(groups) > 1)} ({sizes}){side}",
               flush=True)
-        # This process runs the first ensemble itself when every ensemble has a process of its own
-        # (one torch import and dataset load fewer: runner.cli preloads its dataset); with more
-        # ensembles than processes, all go to the workers, which take the next as they finish.
-        own = workers - ensemble_pool(self.n_jobs, len(groups))
-        calls = []
-        for g, members in enumerate(groups):
-            cfgs = [without_hydra(jobs[i][1]) for i in members]
-            if workers > 1:
-                for cfg in cfgs:
-                    OmegaConf.update(cfg, "device", job_device(str(cfg.device), g), merge=False)
-            calls.append((cfgs, [jobs[i][2] for i in members], [jobs[i][0] for i in members],
-                          threads if workers > 1 else None))
         infos: List[Optional[dict]] = [None] * len(jobs)
 
         def done(members: List[int], outcome) -> None:
@@ -135,12 +119,17 @@ class EnsembleLauncherBase(Launcher):
                     print(outcome_line(info, jobs[i][2].name, done_text), flush=True)
 
         if workers > 1:
-            from concurrent.futures import as_completed
+            from concurrent.futures import as_completed, wait
 
             from .sweep import interrupt_workers, workers as pool
 
             executor = pool(workers - own)
-            futures = {executor.submit(run_group, *call): members for members, call in zip(groups[own:], calls[own:])}
+            handed = {_key(call): _PRELAUNCHED.pop(_key(call)) for call in calls[own:] if _key(call) in _PRELAUNCHED}
+            if _PRELAUNCHED:    # handed out as another grouping (not expected): they end before any other
+                wait(list(_PRELAUNCHED.values()))           # starts (their finished runs are then left as they are)
+                _PRELAUNCHED.clear()
+            futures = {handed.get(_key(call)) or executor.submit(run_group, *call): members
+                       for members, call in zip(groups[own:], calls[own:])}
             try:
                 if own:
                     done(groups[0], run_group(*calls[0]))
@@ -160,6 +149,58 @@ class EnsembleLauncherBase(Launcher):
             ret.return_value = info
             returns.append(ret)
         return returns
+
+
+def _plan(jobs: Sequence[Tuple[List[str], DictConfig, Path]], max_members: int, n_jobs: int):
+    """(groups of job indices, processes, threads each, 1 if this process runs the first group
+    itself else 0, run_group's arguments per group) for jobs [(overrides, config, run dir)]."""
+    from .config import plain_config, without_hydra
+    from .sweep import ensemble_pool, group_jobs, job_device, worker_count
+
+    groups = group_jobs([plain_config(cfg) for _, cfg, _ in jobs], max_members)
+    workers = worker_count(n_jobs, len(groups))
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    # This process runs the first ensemble itself when every ensemble has a process of its own
+    # (one torch import and dataset load fewer: runner.cli preloads its dataset); with more
+    # ensembles than processes, all go to the workers, which take the next as they finish.
+    own = workers - ensemble_pool(n_jobs, len(groups))
+    calls = []
+    for g, members in enumerate(groups):
+        cfgs = [without_hydra(jobs[i][1]) for i in members]
+        if workers > 1:
+            for cfg in cfgs:
+                OmegaConf.update(cfg, "device", job_device(str(cfg.device), g), merge=False)
+        calls.append((cfgs, [jobs[i][2] for i in members], [jobs[i][0] for i in members],
+                      threads if workers > 1 else None))
+    return groups, workers, threads, own, calls
+
+
+def _key(call: tuple) -> Tuple[str, ...]:
+    return tuple(str(d) for d in call[1])          # an ensemble's run directories
+
+
+# The worker processes' ensembles handed out by prelaunch, by their run directories.
+_PRELAUNCHED: Dict[Tuple[str, ...], Future] = {}
+
+
+def prelaunch(plan) -> None:
+    """The worker processes' ensembles handed out as soon as the command's checks have passed (the
+    jobs are valid, their configs composed), before Hydra sets the sweep up again and calls the
+    launcher (~0.3 s on 2 cores, which the warm workers spent waiting). The launcher finds them
+    by their run directories and hands out only what is not yet running."""
+    from .cli import job_dir
+    from .sweep import workers as pool
+
+    launcher = plan.base.hydra.launcher
+    if not plan.multirun or "Ensemble" not in str(launcher.get("_target_", "")):
+        return
+    jobs = [([o for o in job if not o.lstrip("+~").startswith(("hydra.", "hydra/"))], cfg, job_dir(cfg))
+            for job, cfg in zip(plan.jobs, plan.configs)]
+    groups, workers, threads, own, calls = _plan(jobs, int(launcher.max_members), launcher.get("n_jobs"))
+    if workers > 1:
+        executor = pool(workers - own)
+        for call in calls[own:]:
+            _PRELAUNCHED[_key(call)] = executor.submit(run_group, *call)
 
 
 def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):

@@ -71,6 +71,9 @@ def test_ensemble_launcher_groups_and_isolates_a_diverging_member(tmp_path, data
     assert "Warning" not in r.stderr, r.stderr      # e.g. the resource tracker's, had the workers been killed
     # sgd/adam x tied/untied: 4 groups of 2 (lr is a member key), 2 side by side on 2 cores
     assert "paramlab: 8 jobs as 4 ensembles (2+2+2+2), 2 side by side (1 thread each)" in r.stdout
+    # Each handed to a worker once: by runner.cli right after the checks (prelaunch), the launcher
+    # finding them there (a mismatch would run them again once the first ones had ended).
+    assert r.stdout.count("paramlab: ensemble of 2:") == 4, r.stdout
     statuses = {j["_dir"]: j["status"] for j in job_runs(tmp_path / "e")}
     assert statuses["optim.lr=0.1,optim=sgd,sharing=none"] == "completed"
     assert statuses["optim.lr=10000,optim=sgd,sharing=none"] == "diverged"
