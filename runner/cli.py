@@ -175,8 +175,13 @@ def _job_key(overrides: Sequence[str]) -> Optional[tuple]:
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     if len(set(keys)) != len(keys):
         return None
-    hydra = sorted(o for o, k in zip(overrides, keys) if k.startswith(("hydra.", "hydra/")))
-    return tuple(o for o, k in zip(overrides, keys) if not k.startswith(("hydra.", "hydra/"))), tuple(hydra)
+    return (tuple(o for o in overrides if not hydra_override(o)),
+            tuple(sorted(o for o in overrides if hydra_override(o))))
+
+
+def hydra_override(override: str) -> bool:
+    """An override of Hydra's own settings (hydra.sweep.dir=..., hydra/launcher=...), not the task's."""
+    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
 
 
 COMPOSER = Composer()
@@ -418,7 +423,7 @@ def main() -> None:
     """`python -m runner.train [overrides]` / `paramlab-train`."""
     import hydra
 
-    from .sweep import prewarm_workers, quick_exit, stop_workers, sweep_exit_code
+    from .sweep import launcher_kind, prewarm_workers, quick_exit, stop_workers, sweep_exit_code
 
     def warm(plan: Plan) -> None:
         n, here = _processes(plan)
@@ -427,7 +432,7 @@ def main() -> None:
         if n > 0:
             launcher = OmegaConf.to_container(plan.base.hydra.launcher, resolve=True)
             joblib_args = {k: v for k, v in launcher.items() if k != "_target_"} \
-                if "joblib" in str(launcher.get("_target_", "")) else None
+                if launcher_kind(plan.base.hydra.launcher) == "joblib" else None
             prewarm_workers(n, _data_of(plan.base), joblib_args)
 
     plan = guard("train", on_expanded=warm)
@@ -463,14 +468,14 @@ def _processes(plan: Plan) -> Tuple[int, bool]:
     itself), to warm both up early."""
     if not plan.multirun:
         return 0, True
-    from .sweep import MEMBER_KEYS, ensemble_pool, worker_count
+    from .sweep import MEMBER_KEYS, ensemble_pool, launcher_kind, worker_count
 
-    launcher = str(plan.base.hydra.launcher.get("_target_", ""))
+    kind = launcher_kind(plan.base.hydra.launcher)
     n_jobs = plan.base.hydra.launcher.get("n_jobs")
-    if "joblib" in launcher:
+    if kind == "joblib":
         n = worker_count(n_jobs, len(plan.jobs))
         return (n, False) if n > 1 else (0, True)
-    if "Ensemble" in launcher:
+    if kind == "ensemble":
         # Jobs that differ in more than member keys (lr, seed, ...) are separate ensembles; the
         # configs are not composed yet, so count the distinct other overrides.
         def key(o: str) -> str:

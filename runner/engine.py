@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 import traceback
-from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -310,8 +309,8 @@ class _Group:
         writer = _Writer(min(k, WRITER_THREADS), encode_here=device.type == "cpu")
         bar = None
         try:   # from here on a failure is recorded in every member still running, and the writer closed
-            for m, (_, write) in enumerate(firsts):   # each member's first files (cleared tables, run.json)
-                writer.submit(m, partial(_ready, write))
+            for m, (_, prepare) in enumerate(firsts):   # each member's first files (cleared tables, run.json)
+                writer.submit(m, prepare)
             limits: List[Optional[float]] = [None] * k
             if start:
                 limits = self._restore(members, optimizer, generators, recorder)
@@ -416,9 +415,9 @@ class _Group:
 
     # ------------------------------------------------------------------ per member bookkeeping
     def _start_info(self, m: int, tie_map, device, start: int):
-        """(the run.json a member starts or continues with, a function that clears what the run
-        had written after its last completed epoch and writes that run.json: its writer runs it
-        before any file of the run's epochs)."""
+        """(the run.json a member starts or continues with, a prepare for _Writer.submit whose write
+        clears what the run had written after its last completed epoch and writes that run.json:
+        its writer runs it before any file of the run's epochs)."""
         import torch
 
         from . import snapshot
@@ -456,7 +455,7 @@ class _Group:
                 snapshot.clear_tables(run_dir)  # a run restarted into its old directory starts clean
             snapshot.write_json(run_dir / "run.json", first)
 
-        return info, write
+        return info, lambda: write                  # as _Writer.submit takes it: nothing to encode first
 
     def _restore(self, members, optimizer, generators, recorder) -> List[Optional[float]]:
         """Load every member's checkpoint into the batched state (all continue after one epoch)."""
@@ -667,11 +666,6 @@ class _Writer:
             q.put(None)
         for t in self.threads:
             t.join()
-
-
-def _ready(write: Callable[[], None]) -> Callable[[], None]:
-    """A write with nothing to encode first, as _Writer.submit takes it (with functools.partial)."""
-    return write
 
 
 def _public(info: dict) -> dict:

@@ -188,14 +188,13 @@ def prelaunch(plan) -> None:
     jobs are valid, their configs composed), before Hydra sets the sweep up again and calls the
     launcher (~0.3 s on 2 cores, which the warm workers spent waiting). The launcher finds them
     by their run directories and hands out only what is not yet running."""
-    from .cli import job_dir
-    from .sweep import workers as pool
+    from .cli import hydra_override, job_dir
+    from .sweep import launcher_kind, workers as pool
 
     launcher = plan.base.hydra.launcher
-    if not plan.multirun or "Ensemble" not in str(launcher.get("_target_", "")):
+    if not plan.multirun or launcher_kind(launcher) != "ensemble":
         return
-    jobs = [([o for o in job if not o.lstrip("+~").startswith(("hydra.", "hydra/"))], cfg, job_dir(cfg))
-            for job, cfg in zip(plan.jobs, plan.configs)]
+    jobs = [([o for o in job if not hydra_override(o)], cfg, job_dir(cfg)) for job, cfg in zip(plan.jobs, plan.configs)]
     groups, workers, threads, own, calls = _plan(jobs, int(launcher.max_members), launcher.get("n_jobs"))
     if workers > 1:
         executor = pool(workers - own)

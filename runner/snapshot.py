@@ -108,8 +108,13 @@ def epoch_file(run_dir: Path, table: str, epoch: int) -> Path:
 
 def _write_parquet(path: Path, table: "pa.Table") -> None:
     """A table into `path`, atomically."""
+    _write_encoded(path, _encode_parquet(table))
+
+
+def _write_encoded(path: Path, data) -> None:
+    """A Parquet file's bytes into `path` (its table's folder made if it is not there)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(path, _encode_parquet(table))
+    write_bytes(path, data)
 
 
 def _encode_parquet(table: "pa.Table") -> "pa.Buffer":
@@ -153,8 +158,7 @@ def prepare_table(run_dir: Path, table: str, epoch: int, columns: dict) -> Calla
     data = _encode_parquet(rows)
 
     def write() -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(path, data)
+        _write_encoded(path, data)
         if table in COMPACT_TABLES:
             _remember(str(path), rows)
 

@@ -129,10 +129,16 @@ def ensemble_pool(n_jobs: Optional[int], ensembles: int) -> int:
     return 0 if n == 1 else n - 1 if n == ensembles else n
 
 
+def launcher_kind(launcher) -> str:
+    """"joblib", "ensemble" or "basic" (Hydra's, or any other) for a hydra.launcher config node."""
+    target = str(launcher.get("_target_", ""))
+    return "joblib" if "joblib" in target else "ensemble" if "Ensemble" in target else "basic"
+
+
 def job_threads(hydra_cfg) -> Optional[int]:
     """Torch threads for a job run by the joblib launcher, so jobs x threads <= cores."""
     launcher = hydra_cfg.launcher
-    if "joblib" not in str(launcher.get("_target_", "")):
+    if launcher_kind(launcher) != "joblib":
         return None
     cores = os.cpu_count() or 1
     return max(1, cores // worker_count(launcher.get("n_jobs"), cores))
