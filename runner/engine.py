@@ -279,6 +279,7 @@ class _Group:
         import torch
 
         from .batched import Members, check_batchable
+        from .loss import member_losses
         from .model import activation_paths
         from .optim import Optimizer
         from .recorder import Recorder
@@ -328,12 +329,11 @@ class _Group:
                 x = torch.index_select(x_all, 0, idx.reshape(-1))        # (G*B, 1, 28, 28); 3x faster than x_all[...] here
                 y = torch.index_select(y_all, 0, idx.reshape(-1)).view(idx.shape)    # (G, B); y_all[idx]: ~50 us
                 y = y.expand(k, -1) if len(groups) == 1 else y if len(groups) == k else y[member_group]  # (K, B)
-                logits = members.forward(x, groups)                     # (K*B, 10)
-                losses = cross_entropy(logits, y).mean(1)                # (K,) each member's mean loss
-                totals.add(losses.detach(), logits, y)                  # may freeze members
+                losses, predicted = member_losses(members.forward(x, groups), y)   # (K,) mean losses, (K, B)
+                totals.add(losses.detach(), predicted, y)               # may freeze members
                 optimizer.zero_grad()
-                # The sum's backward gives each example 1.0 / B: the bits cross_entropy's own mean gives (a
-                # member's rows reach only its own parameters, so frozen members need no mask). A scalar's
+                # The sum's backward gives each member's loss gradient 1.0 (a member's rows reach only its
+                # own parameters, so frozen members need no mask). A scalar's
                 # backward, not an explicit gradient: that one's first call imports torch.fx and sympy (~0.3 s).
                 losses.sum().backward()
                 if members.capturing:
@@ -744,10 +744,10 @@ class _Totals:
         self.host_sums = [0.0] * self.k
         self.host_step = 0
 
-    def add(self, losses, logits, y) -> None:
-        """losses (K,), logits (K*B, 10), y (K, B)."""
+    def add(self, losses, predicted, y) -> None:
+        """losses (K,), predicted and y (K, B)."""
         b = y.shape[1]
-        self.correct += (predictions(logits.detach()).view(self.k, -1) == y).sum(1)   # no autograd node
+        self.correct += (predicted == y).sum(1)
         if self.per_step:
             self._add_on_host(losses.tolist(), b)
         else:
@@ -887,43 +887,6 @@ def _sync_debug_mode(mode) -> None:
         torch.cuda.set_sync_debug_mode(mode)
 
 
-# The CPU cross-entropy pads each member's columns to a multiple of this many: PyTorch's CPU
-# log_softmax over a leading dimension computes whole SIMD vectors of columns and then a scalar
-# tail that rounds differently, so no member's column may ever fall in a tail (64 >= the float
-# lanes of any CPU's vectors).
-CE_PAD = 64
-
-
-def cross_entropy(logits, y):
-    """Each example's cross-entropy for K members: logits (K*B, C) member-major, y (K, B) -> (K, B).
-
-    On the CPU as log_softmax over the classes of a class-major copy (C, K*B'), B' = B padded to
-    CE_PAD: F.cross_entropy's row-wise kernel handles 10 classes one row at a time (measured on
-    2 cores, forward and backward of 9 x 256 rows, one thread: 390 us; this: 100 us), and here a
-    member's numbers do not depend on how many others share the call (a run alone is K = 1).
-    Plain autograd ops: the same written as an autograd.Function cost a single run ~45 us a step
-    (measured, 2 threads), more than the whole cross-entropy."""
-    import torch
-    import torch.nn.functional as F
-
-    k, b = y.shape
-    if logits.is_cuda:
-        return F.cross_entropy(logits, y.reshape(-1), reduction="none").view(k, b)
-    c = logits.shape[1]
-    padded = -(-b // CE_PAD) * CE_PAD
-    rows = logits.view(k, b, c).permute(2, 0, 1)                                  # (C, K, B) view
-    columns = rows.contiguous() if padded == b else F.pad(rows, (0, padded - b))  # (C, K, B')
-    log_p = torch.log_softmax(columns.view(c, k * padded), 0).view(c, k, padded)
-    return -log_p.gather(0, y.reshape(1, k, b)).view(k, b)
-
-
-def predictions(logits):
-    """Each row's class: the first maximal logit (NaN counts as maximal), as argmax(1) gives it;
-    from max(1), which on 10 classes runs ~2.5x faster here (39 -> 14 us for 9 x 256 rows; the
-    same indices, checked with ties, NaN and inf)."""
-    return logits.max(1).indices
-
-
 EVAL_ROWS = 500
 
 
@@ -931,6 +894,8 @@ def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
     """Per member mean cross-entropy and accuracy on (x, y). Every member sees the same rows
     (shared input); per-example losses are kept and summed once, so chunking changes nothing."""
     import torch
+
+    from .loss import cross_entropy, predictions
 
     k, n = members.k, x.shape[0]
     # On the CPU the same chunks whatever K: min(batch_size, EVAL_ROWS) rows per member, the rows

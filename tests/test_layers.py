@@ -8,7 +8,7 @@ RUNNER = Path(__file__).resolve().parent.parent / "runner"
 LAYERS = {
     "command line": ["cli", "train", "inspect", "launcher"],
     "sweep": ["sweep", "paths"],
-    "engine": ["engine", "optim", "recorder", "checkpoint", "lock"],
+    "engine": ["engine", "optim", "loss", "recorder", "checkpoint", "lock"],
     "model/data/snapshot": ["batched", "model", "sharing", "init", "data", "snapshot", "stats"],
     "config": ["config"],
 }

@@ -152,10 +152,39 @@ def test_device_side_divergence_freezes_the_member(make_cfg, tmp_path, monkeypat
 
 
 def test_predictions_are_argmax_with_ties_nan_and_inf():
-    from runner.engine import predictions
+    from runner.loss import predictions
     g = torch.Generator().manual_seed(0)
     x = torch.randint(-2, 3, (2000, 10), generator=g).float()          # many ties
     x[torch.rand(x.shape, generator=g) < 0.03] = float("nan")
     x[torch.rand(x.shape, generator=g) < 0.03] = float("inf")
     x[:4] = torch.tensor([[1.0] * 10, [float("nan")] * 10, [0.0] * 9 + [float("nan")], [float("-inf")] * 10])
     assert torch.equal(predictions(x), x.argmax(1))
+
+
+@pytest.mark.parametrize("b", [24, 64])
+def test_member_losses_are_cross_entropy_and_do_not_depend_on_k(b):
+    """The training loss of K members: each member's mean cross-entropy, its gradient and its
+    predictions as F.cross_entropy / argmax give them (up to rounding), and bit for bit the same
+    whether a member is alone or one of three (also for batches that are not a multiple of the
+    padding, and labels shared by all members as the loop passes them)."""
+    from runner.loss import member_losses
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(3 * b, 10, generator=g) * 3).requires_grad_()
+    y = torch.randint(0, 10, (b,), generator=g).expand(3, -1)
+    losses, predicted = member_losses(logits, y)
+    (losses * torch.tensor([1.0, 2.0, 0.5])).sum().backward()
+    for m, weight in enumerate([1.0, 2.0, 0.5]):
+        rows = logits.detach()[m * b:(m + 1) * b]
+        ref = rows.clone().requires_grad_()
+        (torch.nn.functional.cross_entropy(ref, y[m]) * weight).backward()
+        assert torch.allclose(losses[m], torch.nn.functional.cross_entropy(rows, y[m]), atol=1e-6)
+        assert torch.allclose(logits.grad[m * b:(m + 1) * b], ref.grad, atol=1e-7)
+        assert torch.equal(predicted[m], rows.argmax(1))
+        alone = rows.clone().requires_grad_()
+        strides = []
+        h = alone * 1.0                     # what the layers below see: a (1, K*B)-strided gradient
+        h.register_hook(lambda grad: strides.append(grad.stride()))
+        loss, _ = member_losses(h, y[m:m + 1])
+        (loss * weight).sum().backward()
+        assert torch.equal(loss[0], losses[m]) and torch.equal(alone.grad, logits.grad[m * b:(m + 1) * b])
+        assert strides == [(1, b)]
