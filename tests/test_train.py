@@ -165,8 +165,9 @@ def test_predictions_are_argmax_with_ties_nan_and_inf():
 def test_member_losses_are_cross_entropy_and_do_not_depend_on_k(b):
     """The training loss of K members: each member's mean cross-entropy, its gradient and its
     predictions as F.cross_entropy / argmax give them (up to rounding), and bit for bit the same
-    whether a member is alone or one of three (also for batches that are not a multiple of the
-    padding, and labels shared by all members as the loop passes them)."""
+    whether a member is alone or one of three, with the same gradient layout handed to the layers
+    below (both paths: a batch that is a multiple of the padding, and one that is not; labels
+    shared by all members as the loop passes them)."""
     from runner.loss import member_losses
     g = torch.Generator().manual_seed(1)
     logits = (torch.randn(3 * b, 10, generator=g) * 3).requires_grad_()
