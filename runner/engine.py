@@ -887,7 +887,11 @@ def _sync_debug_mode(mode) -> None:
         torch.cuda.set_sync_debug_mode(mode)
 
 
+# Evaluation on the CPU: at least EVAL_ROWS rows a chunk, more where the model's widest module
+# output (Members.widest, floats per row) keeps a chunk's widest output within EVAL_FLOATS floats
+# per member (the old fixed bound: 500 rows of a 16-channel 28x28 convolution).
 EVAL_ROWS = 500
+EVAL_FLOATS = 500 * 16 * 28 * 28
 
 
 def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
@@ -898,16 +902,17 @@ def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
     from .loss import cross_entropy, predictions
 
     k, n = members.k, x.shape[0]
-    # On the CPU the same chunks whatever K: min(batch_size, EVAL_ROWS) rows per member, the rows
-    # split into chunks of equal size. A narrow layer's matmul rounds each row differently by how
-    # many rows it takes at once (measured: 2-11 wide input layers, also on one thread), so a
-    # member evaluated in other chunks than its run alone differs in the last bits; EVAL_ROWS
-    # bounds the activations' memory at K x 500 rows (~1.6 GB per layer for 64 members of a
-    # 16-channel 28x28 convolution; a smaller data.eval_batch_size lowers it) and costs a run alone
-    # ~1 ms an epoch against one 10000-row chunk (seed preset). On a GPU (launch-bound, no
-    # bit-equality claimed) batch_size rows per member, up to 16384 rows in all.
+    # On the CPU the same chunks whatever K: rows per member from the model alone (never from K),
+    # the rows split into chunks of equal size. A narrow layer's matmul rounds each row differently
+    # by how many rows it takes at once (measured: 2-11 wide input layers, also on one thread), so
+    # a member evaluated in other chunks than its run alone differs in the last bits. The bound
+    # keeps the activations' memory at K x EVAL_FLOATS floats per layer (~1.6 GB for 64 members; a
+    # smaller data.eval_batch_size lowers it); a narrow model gets bigger chunks, which run faster
+    # (seed preset: 500-row chunks 4.0-4.8 ms an epoch, 5000-row 3.2 ms; its widest output is the
+    # flattened image, 784 floats a row: 8000 rows, so two chunks of 5000). On a GPU
+    # (launch-bound, no bit-equality claimed) batch_size rows per member, up to 16384 rows in all.
     if x.device.type == "cpu":
-        most = max(1, min(n, batch_size, EVAL_ROWS))
+        most = max(1, min(n, batch_size, max(EVAL_ROWS, EVAL_FLOATS // members.widest)))
         chunk = -(-n // -(-n // most))
     else:
         chunk = max(1, min(batch_size, 16384 // k))

@@ -29,6 +29,19 @@ def test_parameter_counts(make_cfg):
     assert model.conv2 is not model.conv3                  # two call sites
 
 
+@pytest.mark.parametrize("overrides, widest", [(["model=mlp", "model.hidden=[8,8]"], 784), (["model=cnn"], 16 * 28 * 28),
+                                               (["model=lenet"], 6 * 28 * 28)])
+def test_widest_output_sets_evaluation_chunks_whatever_k(make_cfg, overrides, widest):
+    """The probe measures the most floats a module's output holds per row, the same for a run
+    alone and three members (evaluation's chunks follow it, and must not depend on K)."""
+    from runner.batched import check_batchable
+    for k in (1, 3):
+        built = [build(make_cfg(*overrides, f"seed={i}")) for i in range(k)]
+        members = Members([m for m, _ in built], built[0][1], "cpu", list(range(k)))
+        check_batchable(members)
+        assert members.widest == widest
+
+
 def test_parameter_level_tie(make_cfg):
     model, tie_map = build(make_cfg("model=cnn", "sharing=groups", "sharing.groups=[[conv2.weight,conv3.weight]]"))
     assert model.conv2.weight is model.conv3.weight and model.conv2.bias is not model.conv3.bias
