@@ -153,39 +153,46 @@ class Members:
             tensors = [t.unsqueeze(0) for t in tensors]
         return tensors
 
-    def gather_sites(self) -> None:
+    def gather_sites(self, sums: Sequence[torch.Tensor] = (), leaves: Sequence[torch.Tensor] = ()) -> List[torch.Tensor]:
         """After a capturing backward: each site's gradient added to its sum, and each tied tensor's
         .grad set to the total of its sites', added in the order autograd adds the uses of one
         tensor (the last call's first: the backward runs calls in reverse), so that capturing
         changes no bit of .grad. A site whose tensors a forward reads twice (one module called
-        twice) gets both calls' gradients already added by autograd in its own order."""
+        twice) gets both calls' gradients already added by autograd in its own order.
+        `sums`, `leaves`: running sums of other tensors' .grad (the recorder's), added in the same
+        foreach call once the totals are set (a call less a step); returns those .grads."""
         order = tuple(self.tapped)
         self.tapped.clear()
-        if not order:
-            return
-        plan = self._gathers.get(order)
-        if plan is None:
-            plan = self._gathers[order] = self._gather_plan(order)
-        site_leaves, sums, leaves, columns, parts = plan
-        grads = [t.grad for t in site_leaves]
-        for t in site_leaves:
-            t.grad = None
-        if columns is not None and all(g is not None for g in grads):   # every site used, as many per tensor
-            torch._foreach_add_(sums, grads)
-            totals = [grads[i] for i in columns[0]]       # last call first
-            for column in columns[1:]:
-                totals = torch._foreach_add(totals, [grads[i] for i in column])
-        else:                                             # a call whose output the loss did not use
-            totals = []
-            for idx in parts:
-                total = None
-                for i in idx:
-                    if grads[i] is not None:
-                        sums[i].add_(grads[i])
-                        total = grads[i] if total is None else total + grads[i]
-                totals.append(total)
-        for leaf, total in zip(leaves, totals):
-            leaf.grad = total
+        grads: List[torch.Tensor] = []
+        site_sums: List[torch.Tensor] = []
+        if order:
+            plan = self._gathers.get(order)
+            if plan is None:
+                plan = self._gathers[order] = self._gather_plan(order)
+            site_leaves, site_sums, tied, columns, parts = plan
+            grads = [t.grad for t in site_leaves]
+            for t in site_leaves:
+                t.grad = None
+            if columns is not None and all(g is not None for g in grads):   # every site used, as many per tensor
+                totals = [grads[i] for i in columns[0]]       # last call first
+                for column in columns[1:]:
+                    totals = torch._foreach_add(totals, [grads[i] for i in column])
+            else:                                             # a call whose output the loss did not use
+                totals = []
+                for idx in parts:
+                    total = None
+                    for i in idx:
+                        if grads[i] is not None:
+                            site_sums[i].add_(grads[i])
+                            total = grads[i] if total is None else total + grads[i]
+                    totals.append(total)
+                grads, site_sums = [], []
+            for leaf, total in zip(tied, totals):
+                leaf.grad = total
+        others = [p.grad if p.grad is not None else torch.zeros_like(p) for p in leaves]
+        if site_sums or sums:
+            torch._foreach_add_([*site_sums, *sums], [*grads, *others])
+        return others
 
     def _gather_plan(self, order: tuple) -> tuple:
         """(site leaves, their sums, the tied leaves, columns of site-leaf indices: the j-th column

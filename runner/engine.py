@@ -336,8 +336,7 @@ class _Group:
                 # own parameters, so frozen members need no mask). A scalar's
                 # backward, not an explicit gradient: that one's first call imports torch.fx and sympy (~0.3 s).
                 losses.sum().backward()
-                if members.capturing:
-                    members.gather_sites()                              # tied tensors' .grad: their sites' total
+                if members.capturing:                                   # tied tensors' .grad: their sites' total;
                     recorder.accumulate()                               # gradients captured before the step
                 optimizer.step()
 

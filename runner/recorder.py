@@ -3,7 +3,8 @@ gradients, per-call-site gradients, updates since the previous snapshot, diagnos
 activation statistics; turned into each member's `params/`, `tensors/`, `activations/` rows.
 
 The loop calls `reset()` at the start of a snapshot epoch, `accumulate()` after every backward
-(before the optimizer step and the next zero_grad) and `snapshot(epoch, steps, ...)` at its end.
+(before the optimizer step and the next zero_grad; it also gathers the call sites' gradients)
+and `snapshot(epoch, steps, ...)` at its end.
 Statistics are computed for the stacked (K, ...) tensors in batched ops (runner.stats) and
 copied to the host once per snapshot.
 """
@@ -39,9 +40,9 @@ class Recorder:
 
     # ---------------------------------------------------------------- per step
     def accumulate(self) -> None:
-        """Add this step's .grad (and its elementwise square) to the epoch's sums: two foreach ops."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.members.leaves]
-        torch._foreach_add_(self.grad_sums, grads)
+        """After the backward: tied tensors' call sites gathered (Members.gather_sites), and this
+        step's .grad (and its elementwise square) added to the epoch's sums: two foreach ops."""
+        grads = self.members.gather_sites(self.grad_sums, self.members.leaves)
         if self.diagnostics:
             torch._foreach_addcmul_(self.square_sums, grads, grads)
 
