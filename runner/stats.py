@@ -9,6 +9,7 @@ elements are counted in n_nonfinite and left out of every other statistic.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -51,6 +52,28 @@ def stacked_stats(tensors: Sequence[torch.Tensor], bins: int = 64, sample: int =
     return out
 
 
+_RANKS: Dict[tuple, tuple] = {}
+
+
+def _quantiles(x: torch.Tensor) -> torch.Tensor:
+    """torch.quantile(x, QUANTILES, dim=2) of finite x (K, r, m), bit for bit (its linear
+    interpolation: the sorted values at floor and ceil of q (m - 1), lerped by the rank's fraction,
+    in double), in 4 ops: torch.quantile checks and reshapes around its sort in ~30, and its CPU
+    sort is slow (together ~0.5 ms of the seed preset's ~1.4 ms of statistics a snapshot)."""
+    m = x.shape[2]
+    key = (m, x.device, x.dtype)
+    if key not in _RANKS:
+        ranks = [q * (m - 1) for q in QUANTILES]
+        below = [int(rank) for rank in ranks]
+        _RANKS[key] = (torch.tensor(below, device=x.device),
+                       torch.tensor([math.ceil(rank) for rank in ranks], device=x.device),
+                       torch.tensor([rank - b for rank, b in zip(ranks, below)], dtype=x.dtype, device=x.device))
+    below, above, weights = _RANKS[key]
+    # On the CPU numpy's sort: torch.sort took 540 us for 3 x 4096 doubles here, np.sort 29 us.
+    ordered = torch.from_numpy(np.sort(x.numpy(), axis=2)) if x.device.type == "cpu" else x.sort(dim=2).values
+    return ordered.index_select(2, below).lerp_(ordered.index_select(2, above), weights).permute(2, 0, 1)
+
+
 def _reduce(x: torch.Tensor, bins: int, sample: int):
     """x (K, r, n): r tensors of n elements per member (float64) -> stats (K, r, 7 + Q) [n_finite,
     mean, std, norm, min, max, zeros, quantiles...] and histogram counts (K, r, bins), all as
@@ -86,12 +109,13 @@ def _reduce(x: torch.Tensor, bins: int, sample: int):
     hist = torch.bincount((bin_.long() + rows).reshape(-1), minlength=k * r * (bins + 1)).view(k, r, bins + 1)
     # Quantiles: exact on an evenly strided sample of each tensor (every element when it is smaller).
     if n > sample:
-        picks = (torch.arange(sample, device=device) * n) // sample
-        picked, picked_finite = x.index_select(2, picks), None if clean else finite.index_select(2, picks)
+        # gather, not index_select: along the last dimension ~20x faster here (3 x 6272 doubles: 5.6 us)
+        picks = ((torch.arange(sample, device=device) * n) // sample).expand(k, r, sample)
+        picked, picked_finite = x.gather(2, picks), None if clean else finite.gather(2, picks)
     else:
         picked, picked_finite = x, None if clean else finite
     if clean:
-        q = torch.quantile(picked, quantiles, dim=2)                                  # (Q, K, r)
+        q = _quantiles(picked)                                                         # (Q, K, r)
     else:
         q = torch.nanquantile(torch.where(picked_finite, picked, torch.nan), quantiles, dim=2)
     stats = torch.stack([n_finite, mean, var.sqrt(), norm, lo, hi, zeros, *q], dim=2)

@@ -102,6 +102,17 @@ def test_nonfinite_counted_not_crash():
     assert s["frac_zero"][0, 1] == 1.0 and s["hist_counts"][0, 1].sum() == 3
 
 
+@pytest.mark.parametrize("m", [1, 2, 7, 64, 80, 4096])
+def test_quantiles_are_torch_quantile_bit_for_bit(m):
+    from runner.snapshot import QUANTILES
+    from runner.stats import _quantiles
+    g = torch.Generator().manual_seed(m)
+    for x in (torch.randn(3, 4, m, dtype=torch.float64, generator=g),
+              torch.randint(-3, 4, (3, 4, m), generator=g).double()):            # ties
+        expect = torch.quantile(x, torch.tensor(QUANTILES, dtype=torch.float64), dim=2)
+        assert torch.equal(_quantiles(x), expect)
+
+
 def test_activation_stats_seed_formula(make_cfg, tmp_path):
     info, model = train(make_cfg("trainer.epochs=1"), tmp_path / "r")
     acts = snapshot.read_activations(tmp_path / "r")
