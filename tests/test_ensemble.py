@@ -276,3 +276,27 @@ def test_writer_encodes_where_told_and_writes_in_order(encode_here):
     assert [n for m, n in written if m == 1] == [0]          # its prepare failed at 1: 2 was skipped
     failures = writer.failures()
     assert list(failures) == [1] and "cannot encode" in str(failures[1]) and writer.failures() == {}
+
+
+def test_writer_closes_after_a_wakeup_lost_to_an_interrupt():
+    """A KeyboardInterrupt inside a queue put's notify leaves a stale waiter in the queue's
+    condition: the next notify wakes nobody. close() must still end its threads (the command hung
+    after Ctrl-C when it did not)."""
+    import threading
+    import time
+
+    from runner.engine import _Writer
+
+    writer = _Writer(1)
+    q = writer.queues[0]
+    for _ in range(200):                     # the writer thread is waiting on its queue
+        if len(q.not_empty._waiters) == 1:
+            break
+        time.sleep(0.01)
+    stale = threading.Lock()
+    stale.acquire()
+    q.not_empty._waiters.appendleft(stale)   # what the interrupted notify leaves behind
+    closing = threading.Thread(target=writer.close, daemon=True)
+    closing.start()
+    closing.join(5)
+    assert not closing.is_alive() and not writer.threads[0].is_alive()
