@@ -632,7 +632,10 @@ class _Writer:
                     except BaseException as e:  # noqa: BLE001 (reported to the loop, which fails the member)
                         self.errors[member] = e
             finally:
-                q.task_done()
+                try:
+                    q.task_done()
+                except ValueError:   # an interrupted put() queued the item but did not count it
+                    pass
 
     def submit(self, member: int, prepare: Callable[[], Callable[[], None]]) -> None:
         if member in self.errors or member in self.doomed:
@@ -652,8 +655,11 @@ class _Writer:
         self.queues[member % len(self.queues)].put((member, write))
 
     def wait(self) -> None:
-        for q in self.queues:
-            q.join()
+        """Until every submitted write is done (or its thread has ended)."""
+        for q, t in zip(self.queues, self.threads):
+            with q.all_tasks_done:
+                while q.unfinished_tasks > 0 and t.is_alive():
+                    q.all_tasks_done.wait(0.1)
 
     def failures(self) -> Dict[int, BaseException]:
         new = {m: e for m, e in list(self.errors.items()) if m not in self.reported}
@@ -667,7 +673,9 @@ class _Writer:
             # Joined with a nudge: a KeyboardInterrupt that lands inside a put()'s notify (Ctrl-C at
             # an epoch's end) can leave the queue's condition holding a stale waiter, so the next
             # notify wakes nobody and the writer sleeps on a queue that holds its None (seen: the
-            # command hung after Ctrl-C in ~1 of 40 tries). notify_all wakes it whatever the list.
+            # command hung after Ctrl-C in ~1 of 25 tries). notify_all wakes it whatever the list.
+            # (wait() polls for the same reason, and _run forgives a put() interrupted before it
+            # counted its item.)
             while t.is_alive():
                 t.join(0.05)
                 with q.not_empty:

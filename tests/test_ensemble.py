@@ -300,3 +300,28 @@ def test_writer_closes_after_a_wakeup_lost_to_an_interrupt():
     closing.start()
     closing.join(5)
     assert not closing.is_alive() and not writer.threads[0].is_alive()
+
+
+def test_writer_survives_a_put_interrupted_before_it_counted_its_item():
+    """An item queued but not counted (put() interrupted between the two): the writer thread
+    writes it and lives on (task_done would raise), wait() and close() end."""
+    import threading
+    import time
+
+    from runner.engine import _Writer
+
+    writer = _Writer(1)
+    written = []
+    q = writer.queues[0]
+    with q.not_empty:
+        q._put((0, lambda: written.append(1)))      # what put() does before it counts the item
+        q.not_empty.notify()
+    for _ in range(200):                            # written (and its task_done called) first
+        if written and len(q.not_empty._waiters) == 1:
+            break
+        time.sleep(0.01)
+    writer.submit(0, lambda: lambda: written.append(2))
+    done = threading.Thread(target=lambda: (writer.wait(), writer.close()), daemon=True)
+    done.start()
+    done.join(5)
+    assert not done.is_alive() and written == [1, 2]
