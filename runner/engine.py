@@ -750,7 +750,7 @@ class _Totals:
         self.step = torch.zeros((), dtype=torch.int64, device=device)
         self.host_step = 0
         self.hits = None                                   # CPU: (steps, K, B) bool, each step's right answers
-        self.eq = torch.eq
+        self.eq = torch.eq                                 # (this module imports torch only where it runs)
         self.new: List[Tuple[int, int, float]] = []        # (member, step, loss) not yet reported
         self.reported: set = set()
 
@@ -764,7 +764,7 @@ class _Totals:
 
     def add(self, losses, predicted, y) -> None:
         """losses (K,), predicted and y (K, B)."""
-        k, b = y.shape
+        b = y.shape[1]
         if self.per_step:
             # Each step's hits into the epoch's (steps, K, B) buffer, counted once at the end: one op
             # a step instead of compare, sum and add (~6 us a step less, seed preset).
