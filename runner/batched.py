@@ -85,7 +85,9 @@ class Members:
         self._member_groups: Dict[tuple, torch.Tensor] = {tuple(self.groups): self.member_group}
         self.batch = 0
         self.input_ptr = 0
-        self.widest = 28 * 28                             # floats per row of the widest module output (probe)
+        # Floats per example of the widest module output, from member 0's own model (so never
+        # from K, and seeing modules a VmapModule hides): what evaluation's chunks follow.
+        self.widest = widest_output(templates[0])
         self.model, self.batched = _batch_modules(self, templates)
         self.reused = [b for b in self.batched if len(b.sites) > 1]
         self.model.to(self.device)
@@ -255,31 +257,49 @@ class Members:
 
     def probe(self, shape=(2, 1, 28, 28)) -> torch.Tensor:
         """One forward on a zero batch in eval mode (no masks drawn, no buffer updated): checks that
-        every module batches, counts each module's calls, measures `widest` (the most floats any
-        module's output holds per row), returns the (K*B, ...) output."""
+        every module batches, counts each module's calls, returns the (K*B, ...) output."""
         was = self.model.training
         self.model.eval()
         self.probing = True
         for module in self.batched:
             module.__dict__["calls"] = 0
-        widest = [1]
-
-        def measure(module, inputs, output) -> None:
-            for o in output if isinstance(output, (tuple, list)) else (output,):
-                if isinstance(o, torch.Tensor) and o.dim() and o.shape[0]:
-                    widest[0] = max(widest[0], o.numel() // o.shape[0])
-
-        hooks = [module.register_forward_hook(measure) for module in self.model.modules()]
         try:
             with torch.no_grad():
                 out = self.forward(torch.zeros(shape, device=self.device), [(0, self.k)])
         finally:
-            for hook in hooks:
-                hook.remove()
             self.probing = False
             self.model.train(was)
-        self.widest = widest[0]
         return out
+
+
+def widest_output(model: nn.Module) -> int:
+    """The most floats any module's output holds per example (its size / 2), from one forward of
+    a plain model on 2 zero images in eval mode, the global RNG left as it was; 28 x 28 if that
+    forward fails (the batched probe then says why)."""
+    widest = [28 * 28]
+
+    def measure(module, inputs, output) -> None:
+        for o in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(o, torch.Tensor):
+                widest[0] = max(widest[0], o.numel() // 2)
+
+    first = next(model.parameters(), None)
+    if first is not None and first.device.type == "meta":
+        return widest[0]
+    hooks = [module.register_forward_hook(measure) for module in model.modules()]
+    was, state = model.training, torch.random.get_rng_state()
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(2, 1, 28, 28, device=first.device if first is not None else "cpu"))
+    except Exception:  # noqa: BLE001 (check_batchable reports a model that does not run)
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was)
+        torch.random.set_rng_state(state)
+    return widest[0]
 
 
 # ---------------------------------------------------------------------------- batched modules

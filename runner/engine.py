@@ -921,10 +921,13 @@ def _sync_debug_mode(mode) -> None:
         torch.cuda.set_sync_debug_mode(mode)
 
 
-# Evaluation on the CPU: at least EVAL_ROWS rows a chunk, more where the model's widest module
-# output (Members.widest, floats per row) keeps a chunk's widest output within EVAL_FLOATS floats
-# per member (the old fixed bound: 500 rows of a 16-channel 28x28 convolution).
+# Evaluation on the CPU: at least EVAL_ROWS rows a chunk, more (up to EVAL_MAX_ROWS) where the
+# model's widest module output (Members.widest, floats per example) keeps a chunk's widest output
+# within EVAL_FLOATS floats per member (the old fixed bound: 500 rows of a 16-channel 28x28
+# convolution). The cap bounds what an expansion no module output shows (inside a user's forward)
+# can cost at 10x the old 500 rows.
 EVAL_ROWS = 500
+EVAL_MAX_ROWS = 5000
 EVAL_FLOATS = 500 * 16 * 28 * 28
 
 
@@ -946,7 +949,7 @@ def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
     # flattened image, 784 floats a row: 8000 rows, so two chunks of 5000). On a GPU
     # (launch-bound, no bit-equality claimed) batch_size rows per member, up to 16384 rows in all.
     if x.device.type == "cpu":
-        most = max(1, min(n, batch_size, max(EVAL_ROWS, EVAL_FLOATS // members.widest)))
+        most = max(1, min(n, batch_size, max(EVAL_ROWS, min(EVAL_MAX_ROWS, EVAL_FLOATS // members.widest))))
         chunk = -(-n // -(-n // most))
     else:
         chunk = max(1, min(batch_size, 16384 // k))

@@ -56,7 +56,7 @@ _RANKS: Dict[tuple, tuple] = {}
 
 
 def _quantiles(x: torch.Tensor) -> torch.Tensor:
-    """torch.quantile(x, QUANTILES, dim=2) of finite x (K, r, m), bit for bit (its linear
+    """torch.quantile(x, QUANTILES, dim=2) of finite x (K, r, m) without -0.0, bit for bit (its linear
     interpolation: the sorted values at floor and ceil of q (m - 1), lerped by the rank's fraction,
     in double), in 4 ops: torch.quantile checks and reshapes around its sort in ~30, and its CPU
     sort is slow (together ~0.5 ms of the seed preset's ~1.4 ms of statistics a snapshot)."""
@@ -114,6 +114,10 @@ def _reduce(x: torch.Tensor, bins: int, sample: int):
         picked, picked_finite = x.gather(2, picks), None if clean else finite.gather(2, picks)
     else:
         picked, picked_finite = x, None if clean else finite
+    # -0.0 as +0.0: sorts order equal values differently (numpy's here, torch's in nanquantile), so
+    # a zero at a quantile's rank could come out with either sign, and a member's path (clean or
+    # not) depends on all members' values.
+    picked = picked + 0.0
     if clean:
         q = _quantiles(picked)                                                         # (Q, K, r)
     else:

@@ -12,6 +12,7 @@ import torch
 from runner import snapshot
 from runner.batched import Members
 from runner.engine import build, run, run_members
+from runner.sharing import build_tie_map
 
 from conftest import run_cli
 
@@ -40,6 +41,29 @@ def test_widest_output_sets_evaluation_chunks_whatever_k(make_cfg, overrides, wi
         members = Members([m for m, _ in built], built[0][1], "cpu", list(range(k)))
         check_batchable(members)
         assert members.widest == widest
+
+
+def test_widest_output_counts_floats_per_example_whatever_the_layout(make_cfg):
+    """A module whose output is not batch-first ((features, batch) here) counts its floats per
+    example like any other, the same for K = 1 and 3 (it once counted per first-dimension row)."""
+    from torch import nn
+
+    class Columns(nn.Module):
+        def forward(self, x):
+            return x.t()
+
+    class Rows(nn.Module):
+        def forward(self, x):
+            return x.t()
+
+    def model():
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 4), Columns(), Rows(), nn.Linear(4, 10))
+
+    for k in (1, 3):
+        members = Members([model() for _ in range(k)], build_tie_map(model()), "cpu", list(range(k)))
+        assert members.widest == 784
+    wide = nn.Sequential(nn.Flatten(), nn.Linear(784, 2000), Columns(), Rows(), nn.Linear(2000, 10))
+    assert Members([wide], build_tie_map(wide), "cpu", [0]).widest == 2000
 
 
 def test_parameter_level_tie(make_cfg):

@@ -113,6 +113,20 @@ def test_quantiles_are_torch_quantile_bit_for_bit(m):
         assert torch.equal(_quantiles(x), expect)
 
 
+def test_quantiles_of_signed_zeros_do_not_depend_on_the_other_members():
+    """A member's quantiles are the same whether every member's values are finite (the clean path)
+    or another member's are not (the masked path), signed zeros included."""
+    from runner.stats import stacked_stats
+    row = torch.tensor([1.0, -0.0, -1.0, -1.0, 1.0, -1.0, 1.0, -1.0, -0.0, 1.0, -0.0, -0.0, -0.0, 0.0, 0.0, 1.0, -0.0,
+                        -0.0, 0.0, -1.0, -0.0, 0.0, 1.0, 1.0, -1.0, -0.0, 0.0, 0.0, -1.0, 0.0, 0.0, -1.0, 1.0, -1.0])
+    clean = torch.stack([row, row])
+    masked = clean.clone()
+    masked[1, 0] = float("nan")
+    a, b = stacked_stats([clean]), stacked_stats([masked])
+    for column in ("q01", "q25", "q50", "q75", "q99"):
+        assert np.array_equal(np.signbit(a[column][0]), np.signbit(b[column][0])) and a[column][0] == b[column][0]
+
+
 def test_activation_stats_seed_formula(make_cfg, tmp_path):
     info, model = train(make_cfg("trainer.epochs=1"), tmp_path / "r")
     acts = snapshot.read_activations(tmp_path / "r")
