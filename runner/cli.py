@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import UserError, one_line, register_configs
 from .launcher import register as register_launcher
-from .paths import register_resolvers
+from .paths import override_key, register_resolvers
 
 register_resolvers()
 register_configs()
@@ -172,7 +172,7 @@ class Composer:
 def _job_key(overrides: Sequence[str]) -> Optional[tuple]:
     """The same job whatever the place of its hydra.* overrides: (the others in order, the hydra.*
     ones sorted); None when a key repeats (then the order of all of them matters)."""
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    keys = [override_key(o) for o in overrides]
     if len(set(keys)) != len(keys):
         return None
     return (tuple(o for o in overrides if not hydra_override(o)),
@@ -181,7 +181,7 @@ def _job_key(overrides: Sequence[str]) -> Optional[tuple]:
 
 def hydra_override(override: str) -> bool:
     """An override of Hydra's own settings (hydra.sweep.dir=..., hydra/launcher=...), not the task's."""
-    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
+    return override_key(override).startswith(("hydra.", "hydra/"))
 
 
 COMPOSER = Composer()
@@ -315,7 +315,7 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
         os.environ[MASTER_PID] = str(os.getpid())  # workers exit when this process is gone
         # Read by the directory resolvers in every job, in this process or a worker process.
         os.environ["PARAMLAB_SWEEP_KEYS"] = json.dumps(swept)
-        command_overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+        command_overrides = [o for o in overrides if not hydra_override(o)]
         os.environ["PARAMLAB_SWEEP_DIR"] = sweep_dir(base.sweep.resume, command_overrides)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     target = Path(str(OmegaConf.select(COMPOSER.compose(jobs[0]) if multirun else base, key)))
@@ -478,10 +478,7 @@ def _processes(plan: Plan) -> Tuple[int, bool]:
     if kind == "ensemble":
         # Jobs that differ in more than member keys (lr, seed, ...) are separate ensembles; the
         # configs are not composed yet, so count the distinct other overrides.
-        def key(o: str) -> str:
-            return o.split("=", 1)[0].lstrip("+~")
-
-        groups = len({tuple(sorted(o for o in job if key(o) not in MEMBER_KEYS)) for job in plan.jobs})
+        groups = len({tuple(sorted(o for o in job if override_key(o) not in MEMBER_KEYS)) for job in plan.jobs})
         pool = ensemble_pool(n_jobs, groups)
         return pool, pool < worker_count(n_jobs, groups)
     return 0, True

@@ -51,13 +51,18 @@ def default_sweep_dir(task_overrides) -> str:
 EXCLUDED_FROM_JOB_DIR = ("sweep.resume", "trainer.progress")
 
 
+def override_key(override: str) -> str:
+    """The key an override sets: `+optim.lr=0.1` -> `optim.lr`, `hydra/launcher=basic` -> `hydra/launcher`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def job_dir(task_overrides) -> str:
     """A job's directory: its values of the swept keys (set by runner.cli.guard), e.g.
     `optim.lr=0.1,sharing=none`; without that, all its overrides."""
     items = sorted(str(o) for o in (task_overrides or []))
-    key = lambda o: o.split("=", 1)[0].lstrip("+~")  # noqa: E731
     swept = set(json.loads(os.environ.get("PARAMLAB_SWEEP_KEYS") or "[]"))
-    chosen = [o for o in items if key(o) in swept] or [o for o in items if key(o) not in EXCLUDED_FROM_JOB_DIR]
+    chosen = [o for o in items if override_key(o) in swept] or \
+        [o for o in items if override_key(o) not in EXCLUDED_FROM_JOB_DIR]
     return slug(",".join(chosen), 150)
 
 
