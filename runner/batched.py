@@ -520,7 +520,7 @@ class _DataLinear(torch.autograd.Function):
         out = result.view(k, rows, o)
         xs = x.view(groups, rows, i)
         bs = b.unsqueeze(2) if b is not None else w.new_zeros(0)     # (K, out, 1); unused without bias
-        with one_thread(torch.get_num_threads() > 1 and threads_matter("wxt", torch.mm, w[0], xs[0].t())):
+        with one_thread(threads_matter("wxt", torch.mm, w[0], xs[0].t())):
             if groups == k:                                # one batch per member
                 h = exact("linear-data-bmm", _bmm_wxt, _loop_wxt, w, xs, bs)
                 out.copy_(h.transpose(1, 2))
@@ -541,7 +541,7 @@ class _DataLinear(torch.autograd.Function):
         xs = x.view(groups, rows, i)
         dw = db = None
         if ctx.needs_input_grad[1]:
-            with one_thread(torch.get_num_threads() > 1 and threads_matter("gtx", _gtx, gs[0], xs[0])):
+            with one_thread(threads_matter("gtx", _gtx, gs[0], xs[0])):
                 if groups == k:
                     dw = exact("linear-data-dw-bmm", _bmm_gx, _loop_gx, gs, xs)
                 else:
@@ -621,7 +621,7 @@ class _LinearK(torch.autograd.Function):
             if cuda:
                 dw = _bmm_gx(g, x)
             else:
-                with one_thread(torch.get_num_threads() > 1 and threads_matter("gtx", _gtx, g[0], x[0])):
+                with one_thread(threads_matter("gtx", _gtx, g[0], x[0])):
                     dw = exact("linear-dw", _bmm_gx, _loop_gx, g, x)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g.sum(1)

@@ -333,8 +333,8 @@ class _Group:
                 totals.add(losses.detach(), predicted, y)               # may freeze members
                 optimizer.zero_grad()
                 # The sum's backward gives each member's loss gradient 1.0 (a member's rows reach only its
-                # own parameters, so frozen members need no mask). A scalar's
-                # backward, not an explicit gradient: that one's first call imports torch.fx and sympy (~0.3 s).
+                # own parameters, so frozen members need no mask). A scalar's backward, not an explicit
+                # gradient: that one's first call imports torch.fx and sympy (~0.3 s).
                 losses.sum().backward()
                 if members.capturing:                                   # tied tensors' .grad: their sites' total;
                     recorder.accumulate()                               # gradients captured before the step
@@ -946,7 +946,7 @@ def evaluate(members, x, y, batch_size: int) -> Tuple[List[float], List[float]]:
     # keeps the activations' memory at K x EVAL_FLOATS floats per layer (~1.6 GB for 64 members; a
     # smaller data.eval_batch_size lowers it); a narrow model gets bigger chunks, which run faster
     # (seed preset: 500-row chunks 4.0-4.8 ms an epoch, 5000-row 3.2 ms; its widest output is the
-    # flattened image, 784 floats a row: 8000 rows, so two chunks of 5000). On a GPU
+    # flattened image, 784 floats a row: 8000 rows, capped at 5000, so two chunks of 5000). On a GPU
     # (launch-bound, no bit-equality claimed) batch_size rows per member, up to 16384 rows in all.
     if x.device.type == "cpu":
         most = max(1, min(n, batch_size, max(EVAL_ROWS, min(EVAL_MAX_ROWS, EVAL_FLOATS // members.widest))))
