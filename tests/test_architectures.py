@@ -65,6 +65,17 @@ def test_widest_output_counts_floats_per_example_whatever_the_layout(make_cfg):
     wide = nn.Sequential(nn.Flatten(), nn.Linear(784, 2000), Columns(), Rows(), nn.Linear(2000, 10))
     assert Members([wide], build_tie_map(wide), "cpu", [0]).widest == 2000
 
+    class Steps(nn.Module):                 # (100 steps, batch, 16): 1600 floats an example, 32 a first-dim row
+        def forward(self, x):
+            return x.unsqueeze(0).repeat(100, 1, 1)
+
+    class Last(nn.Module):
+        def forward(self, x):
+            return x[-1]
+
+    timed = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), Steps(), Last(), nn.Linear(16, 10))
+    assert Members([timed], build_tie_map(timed), "cpu", [0]).widest == 1600
+
 
 def test_parameter_level_tie(make_cfg):
     model, tie_map = build(make_cfg("model=cnn", "sharing=groups", "sharing.groups=[[conv2.weight,conv3.weight]]"))
