@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import traceback
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -426,9 +425,7 @@ def main() -> None:
     from .sweep import launcher_kind, prewarm_workers, quick_exit, stop_workers, sweep_exit_code
 
     def warm(plan: Plan) -> None:
-        n, here = _processes(plan)
-        if here:
-            threading.Thread(target=_warm_here, name="paramlab-warm", daemon=True).start()
+        n, _ = _processes(plan)
         if n > 0:
             launcher = OmegaConf.to_container(plan.base.hydra.launcher, resolve=True)
             joblib_args = {k: v for k, v in launcher.items() if k != "_target_"} \
@@ -483,15 +480,3 @@ def _processes(plan: Plan) -> Tuple[int, bool]:
         return pool, pool < worker_count(n_jobs, groups)
     return 0, True
 
-
-def _warm_here() -> None:
-    """In a thread while the command's checks import torch (measured: the two imports side by
-    side take ~0.05 s less than one after the other): pyarrow's pandas import, which its first
-    table does (~0.15 s), so that it does not fall in the first epoch of this process's runs
-    (their epoch_times_s stay even; the process as a whole takes as long as before)."""
-    try:
-        from . import snapshot
-
-        snapshot.warm()
-    except Exception:  # noqa: BLE001 (a warm-up only)
-        pass

@@ -121,8 +121,7 @@ def _prepare(run_dir: Path, epoch: int, member: int, rows, stats, picks, kinds, 
     cols = {"epoch": [epoch] * len(rows), "name": [r[0] for r in rows], "kind": [r[1] for r in rows],
             "site": [r[2] for r in rows], "shape": [list(r[3]) for r in rows]}
     for key, column in stats.items():
-        picked = column[member][picks]
-        cols[key] = list(picked) if picked.ndim == 2 else picked
+        cols[key] = column[member][picks]            # (rows,) or (rows, bins) for the list columns
     for key in ("cos_grad", "step_var"):
         cols[key] = [float(extras[r][member]) if kinds.get(r) == key else None for r in range(len(rows))]
     writes = [snapshot.prepare_table(run_dir, "params", epoch, cols)]
@@ -150,7 +149,7 @@ def tensors_columns(epoch: int, rows: Sequence[tuple], flat: np.ndarray) -> dict
     sizes = [int(np.prod(r[3], dtype=np.int64)) for r in rows]
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
     np.cumsum(sizes, out=offsets[1:])
-    values = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.float32()))
+    values = snapshot.list_array(offsets, flat, pa.float32())
     return {"epoch": [epoch] * len(rows), "name": [r[0] for r in rows], "kind": [r[1] for r in rows],
             "site": [r[2] for r in rows], "shape": [list(r[3]) for r in rows], "values": values}
 

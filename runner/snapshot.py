@@ -138,10 +138,69 @@ def _compression(schema: "pa.Schema") -> dict:
 _COMPRESSION = {schema: _compression(schema) for schema in SCHEMAS.values()}
 
 
-def warm() -> None:
-    """Make pyarrow import pandas now (its first array does, ~0.15 s): for an idle worker process,
-    so that its first epoch's files do not take it from training."""
-    pa.array([0.0])
+# --------------------------------------------------------------------------- columns
+
+# Arrow arrays are made from their buffers here, never by pa.array / Table.from_pydict on Python
+# or numpy values: those ask pyarrow's pandas shim whether the values are pandas objects, and
+# its first question imports pandas (0.15-0.3 s of CPU; measured: a grid command's two processes
+# spent it while both cores were busy starting up, 7.5-8.0 s -> 7.2 s). A training process never
+# imports pandas (tested); the readers below do (they return DataFrames).
+_NUMPY = {pa.int32(): np.int32, pa.int64(): np.int64, pa.float32(): np.float32, pa.float64(): np.float64}
+
+
+def _validity(values) -> tuple:
+    """(values with None as 0, validity bitmap buffer or None) of a Python sequence."""
+    if None not in values:
+        return values, None
+    valid = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    return [0 if v is None else v for v in values], pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
+def _offsets(lengths, n: int) -> np.ndarray:
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.fromiter(lengths, dtype=np.int32, count=n), out=offsets[1:])
+    return offsets
+
+
+def list_array(offsets: np.ndarray, flat: np.ndarray, value_type: "pa.DataType") -> "pa.Array":
+    """A list<value_type> array: row i holds flat[offsets[i]:offsets[i + 1]] (no copy of flat
+    when it already has the type's dtype and is contiguous)."""
+    child = pa.Array.from_buffers(value_type, len(flat), [None, pa.py_buffer(
+        np.ascontiguousarray(flat, dtype=_NUMPY[value_type]))])
+    return pa.Array.from_buffers(pa.list_(value_type), len(offsets) - 1,
+                                 [None, pa.py_buffer(np.ascontiguousarray(offsets, dtype=np.int32))], children=[child])
+
+
+def column(values, type: "pa.DataType") -> "pa.Array":
+    """An Arrow array of `type` (int32/int64/float32/float64, string, or a list of one of those)
+    from an Arrow array, a numpy array (2-d for a list type: one row each) or a Python sequence
+    (None for null; for a list type: sequences or 1-d arrays, no None)."""
+    if isinstance(values, pa.Array):
+        return values if values.type == type else values.cast(type)
+    n = len(values)
+    if type in _NUMPY:
+        validity = None
+        if not isinstance(values, np.ndarray):
+            values, validity = _validity(values)
+        data = np.ascontiguousarray(values, dtype=_NUMPY[type])
+        if data.shape != (n,):
+            raise ValueError(f"a {type} column needs 1-d values, got shape {data.shape}")
+        return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(data)])
+    if type == pa.string():
+        values, validity = _validity(values)
+        data = [str(v).encode() for v in values]
+        return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(_offsets(map(len, data), n)),
+                                               pa.py_buffer(b"".join(data))])
+    if isinstance(values, np.ndarray):                          # (rows, width)
+        return list_array(np.arange(n + 1, dtype=np.int32) * values.shape[1], values.reshape(-1), type.value_type)
+    flat = [x for v in values for x in (v.reshape(-1).tolist() if isinstance(v, np.ndarray) else v)]
+    return list_array(_offsets(map(len, values), n), np.array(flat, dtype=_NUMPY[type.value_type]), type.value_type)
+
+
+def arrow_table(name: str, columns: dict) -> "pa.Table":
+    """One of SCHEMAS' tables from its columns (each as `column` takes it)."""
+    schema = SCHEMAS[name]
+    return pa.Table.from_arrays([column(columns[f.name], f.type) for f in schema], schema=schema)
 
 
 def write_table(run_dir: Path, table: str, epoch: int, columns: dict) -> Path:
@@ -154,7 +213,7 @@ def prepare_table(run_dir: Path, table: str, epoch: int, columns: dict) -> Calla
     """One epoch's rows of `table` encoded now (the CPU part: Arrow columns, Parquet bytes); returns
     the function that writes them atomically (file system calls only)."""
     path = epoch_file(run_dir, table, epoch)
-    rows = pa.Table.from_pydict(columns, schema=SCHEMAS[table])
+    rows = arrow_table(table, columns)
     data = _encode_parquet(rows)
 
     def write() -> None:

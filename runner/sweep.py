@@ -276,9 +276,8 @@ def _warm_worker(data: Optional[tuple]) -> int:
     exit_quickly_when_stopped()
     import torch  # noqa: F401  (the import is the point: ~3 s per fresh process)
 
-    from . import engine, snapshot
+    from . import engine, snapshot  # noqa: F401  (snapshot: pyarrow's import, now rather than in a first epoch)
 
-    snapshot.warm()
     if data is not None:
         engine.preload_data(*data)
     return os.getpid()

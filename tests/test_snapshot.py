@@ -272,3 +272,50 @@ def test_epoch_means_and_diagnostics_against_an_independent_oracle(make_cfg, tmp
     update = p.loc[(1, "net.1.weight", "update", None)]
     diff = values[(1, "net.1.weight")] - values[(0, "net.1.weight")]
     assert update["norm"].item() == pytest.approx(np.sqrt((diff ** 2).sum()), rel=1e-3, abs=1e-12)
+
+
+@pytest.mark.parametrize("values, type_", [
+    ([1, None, 3], "int64"), ([0.5, None, float("nan"), -0.0], "float64"), ([], "float64"), ([7] * 5, "int32"),
+    (["net.1.weight", None, "", "é"], "string"), ([None, None], "string"),
+    ([(8, 784), (), (10,)], "list_int64"), ([np.arange(3.0), np.zeros(0)], "list_float64"),
+    (np.arange(12).reshape(3, 4), "list_int64"), (np.linspace(0, 1, 10).reshape(2, 5), "list_float64"),
+    (np.array([1.5, 2.5]), "float64"), (np.array([3, 4], dtype=np.int32), "int64")])
+def test_columns_from_buffers_equal_pyarrows_conversion(values, type_):
+    """snapshot.column builds what pa.array builds (values, nulls, types) without pyarrow's own
+    conversion; fails on a wrong offset, a lost null, a wrong dtype."""
+    import pyarrow as pa
+
+    pa_type = {"int64": pa.int64(), "int32": pa.int32(), "float64": pa.float64(), "string": pa.string(),
+               "list_int64": pa.list_(pa.int64()), "list_float64": pa.list_(pa.float64())}[type_]
+    expected = pa.array(list(values) if isinstance(values, np.ndarray) and values.ndim == 2 else values, type=pa_type)
+    got = snapshot.column(values, pa_type)
+    got.validate(full=True)
+    assert got.type == pa_type and got.null_count == expected.null_count
+    assert repr(got.to_pylist()) == repr(expected.to_pylist())      # (repr: NaN and -0.0 compared too)
+
+
+def test_training_never_imports_pandas(data_root, tmp_path):
+    """pyarrow imports pandas (0.15-0.3 s of CPU) the first time it converts Python or numpy values;
+    a grid's processes would pay it while their cores are busy starting up. Every table a run writes
+    (all four, with diagnostics, tied call sites, compaction) is built from buffers: fails when any
+    of them goes through pyarrow's conversion again."""
+    code = f"""
+import sys
+from hydra import compose, initialize_config_dir
+from runner.config import register_configs
+from runner.paths import register_resolvers
+from runner.engine import run
+register_resolvers(); register_configs()
+with initialize_config_dir(config_dir={str(ROOT / 'conf')!r}, version_base="1.3"):
+    cfg = compose(config_name="config", overrides=["data.root={data_root}", "trainer.progress=false",
+        "device=cpu", "trainer.epochs=2", "data.batch_size=64", "sharing=all_hidden", "snapshot.diagnostics=true"])
+info = run(cfg, {str(tmp_path / 'run')!r})
+print(info["status"], "pandas" in sys.modules)
+"""
+    from conftest import run_cli
+
+    out = run_cli("-c", code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["completed", "False"], out.stdout
+    assert (tmp_path / "run" / "compact" / "params.parquet").is_file()
+    assert len(snapshot.read_params(tmp_path / "run").query("kind == 'update'")) > 0
