@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -326,6 +327,9 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
             check_unlocked(target, "sweep directory")
     if on_expanded:
         on_expanded(plan)
+    from .sweep import import_torch
+
+    import_torch()                 # the checks build models; here, with the collector paused
     checked_data: dict = {}
     for job in jobs:
         try:
@@ -446,13 +450,34 @@ def main() -> None:
     hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
     # An absolute path: works for `python -m`, console scripts and `python -c` alike.
     try:
-        hydra_main(task)()
+        with _known_mode(plan):
+            hydra_main(task)()
     except KeyboardInterrupt:
         print("paramlab: interrupted; runs not finished are marked failed and continue after their last "
               "completed epoch when the same command runs again", file=sys.stderr, flush=True)
         sys.exit(130)
     stop_workers()
     quick_exit(sweep_exit_code())
+
+
+@contextmanager
+def _known_mode(plan: Optional[Plan]):
+    """Hydra composes the whole config once only to read `hydra.mode` (its get_mode), then again
+    for the run (~0.08 s each, in the master's start, which the command waits on); guard()'s
+    composition of the same overrides has it: Hydra gets it from there (None where no config sets
+    it: Hydra then goes by -m, as always). Commands guard() leaves to Hydra (--help, ...) as they were."""
+    if plan is None:
+        yield
+        return
+    from hydra._internal.hydra import Hydra
+
+    mode = OmegaConf.select(plan.base, "hydra.mode")
+    own = Hydra.get_mode
+    Hydra.get_mode = lambda self, config_name, overrides: mode
+    try:
+        yield
+    finally:
+        Hydra.get_mode = own
 
 
 def _data_of(cfg) -> tuple:

