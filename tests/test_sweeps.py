@@ -253,3 +253,26 @@ def test_hydra_gets_the_mode_it_would_compose(args, multirun):
             given = hydra.get_mode(config_name="config", overrides=args)
         assert Hydra.get_mode(hydra, config_name="config", overrides=args) == composed   # restored
     assert given == composed
+
+
+def test_pool_stops_once_its_last_ensemble_ends():
+    """The launcher stops its worker pool as soon as the last ensemble handed to it ends (its
+    processes exit while the command's own process still trains), not before: fails if the pool
+    stops after the first of two, or is left running for the command's end to stop."""
+    import time
+
+    from joblib.externals.loky import get_reusable_executor
+
+    from runner.launcher import _stop_when_done
+
+    executor = get_reusable_executor(max_workers=2, timeout=30)
+    short, long = executor.submit(time.sleep, 0.05), executor.submit(time.sleep, 1.5)
+    _stop_when_done(executor, [short, long])
+    short.result()
+    time.sleep(0.2)
+    assert not executor._flags.shutdown and long.running()       # one still running: the pool stays
+    long.result()
+    deadline = time.time() + 10
+    while executor._processes and time.time() < deadline:
+        time.sleep(0.02)
+    assert executor._flags.shutdown and not executor._processes
