@@ -140,6 +140,12 @@ class Composer:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
 
+    def chooses_group(self, override) -> bool:
+        """A parsed override that picks a config group's option (model=..., hydra/launcher=...)."""
+        if self.groups is None:   # the config groups: conf/'s folders (Hydra's own are hydra/...)
+            self.groups = {d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()} | {"experiment"}
+        return override.key_or_group.lstrip("+~") in self.groups or override.key_or_group.startswith("hydra/")
+
     def compose(self, overrides: Sequence[str]) -> DictConfig:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -148,11 +154,8 @@ class Composer:
         if job in self.composed:
             return self.composed.pop(job)
 
-        if self.groups is None:   # the config groups: conf/'s folders (Hydra's own are hydra/...)
-            self.groups = {d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()} | {"experiment"}
         parsed = OverridesParser.create().parse_overrides(list(overrides))
-        group = [o for o in parsed if o.key_or_group.lstrip("+~") in self.groups
-                 or o.key_or_group.startswith("hydra/")]
+        group = [o for o in parsed if self.chooses_group(o)]
         values = [o for o in parsed if o not in group]
         key = tuple(sorted(o.input_line for o in group))
         if key not in self.cache:
@@ -187,8 +190,9 @@ def hydra_override(override: str) -> bool:
 COMPOSER = Composer()
 
 
-def expand_jobs(overrides: List[str], multirun: bool) -> Tuple[bool, List[List[str]], DictConfig, List[str]]:
-    """(is_multirun, job override lists, first config, swept keys) as Hydra's basic sweeper expands them."""
+def expand_jobs(overrides: List[str], multirun: bool):
+    """(is_multirun, job override lists, first config, swept keys, hydra.mode) as Hydra's basic
+    sweeper expands them and as Hydra reads the mode."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -197,15 +201,25 @@ def expand_jobs(overrides: List[str], multirun: bool) -> Tuple[bool, List[List[s
     COMPOSER.composed.clear()                 # a new command: the last one's job configs are not its
     # Compose once with the first value of each sweep to read the preset's hydra settings.
     base = COMPOSER.compose([_first_value(o) for o in parsed])
-    multirun = multirun or str(base.hydra.mode) in ("RunMode.MULTIRUN", "MULTIRUN")
+    mode = _hydra_mode(parsed, base)
+    multirun = multirun or str(mode) in ("RunMode.MULTIRUN", "MULTIRUN")
     if not multirun:
-        return False, [overrides], COMPOSER.compose(overrides), []
+        return False, [overrides], COMPOSER.compose(overrides), [], mode
     params = base.hydra.sweeper.get("params") or {}
     preset = [f"{k}={v}" for k, v in params.items()]
     parsed = parser.parse_overrides(preset + overrides)
     swept = sorted({o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()})
     jobs = BasicSweeper.split_arguments(parsed, None)[0]
-    return True, [list(j) for j in jobs], base, swept
+    return True, [list(j) for j in jobs], base, swept, mode
+
+
+def _hydra_mode(parsed, base: DictConfig):
+    """`hydra.mode` as Hydra reads it to choose between a run and a multirun: its composition leaves
+    the sweeps out, `base` took each one's first value; the two differ only where a sweep picks
+    config groups (a preset that sets hydra.mode) or Hydra's own settings: then composed without them."""
+    if any(o.is_sweep_override() and (COMPOSER.chooses_group(o) or hydra_override(o.input_line)) for o in parsed):
+        base = COMPOSER.compose([o.input_line for o in parsed if not o.is_sweep_override()])
+    return OmegaConf.select(base, "hydra.mode")
 
 
 def _first_value(o) -> str:
@@ -267,8 +281,9 @@ class Plan:
     """What guard() found: the jobs and where they go."""
 
     def __init__(self, multirun: bool, jobs: List[List[str]], configs: List[DictConfig], base: DictConfig,
-                 argv: List[str]):
+                 argv: List[str], mode=None):
         self.multirun, self.jobs, self.configs, self.base, self.argv = multirun, jobs, configs, base, argv
+        self.mode = mode          # hydra.mode as Hydra reads it (a RunMode or None)
 
 
 def guard(command: str, argv: Optional[List[str]] = None, on_expanded=None) -> Optional[Plan]:
@@ -304,10 +319,10 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
 
         argv = resume_argv(argv, resume[0].split("=", 1)[1])
         multirun, overrides, _ = _split_argv(argv)
-    multirun, jobs, base, swept = expand_jobs(overrides, multirun)
+    multirun, jobs, base, swept, mode = expand_jobs(overrides, multirun)
     if command != "train":
         multirun, jobs = False, jobs[:1]
-    plan = Plan(multirun, jobs, [], base, argv)
+    plan = Plan(multirun, jobs, [], base, argv, mode)
     if multirun:
         from .paths import sweep_dir
         from .sweep import MASTER_PID
@@ -463,17 +478,16 @@ def main() -> None:
 @contextmanager
 def _known_mode(plan: Optional[Plan]):
     """Hydra composes the whole config once only to read `hydra.mode` (its get_mode), then again
-    for the run (~0.08 s each, in the master's start, which the command waits on); guard()'s
-    composition of the same overrides has it: Hydra gets it from there (None where no config sets
-    it: Hydra then goes by -m, as always). Commands guard() leaves to Hydra (--help, ...) as they were."""
+    for the run (~0.08 s each, in the master's start, which the command waits on); guard() has read
+    it the same way (expand_jobs): Hydra gets it from the plan. Commands guard() leaves to Hydra
+    (--help, ...) as they were."""
     if plan is None:
         yield
         return
     from hydra._internal.hydra import Hydra
 
-    mode = OmegaConf.select(plan.base, "hydra.mode")
     own = Hydra.get_mode
-    Hydra.get_mode = lambda self, config_name, overrides: mode
+    Hydra.get_mode = lambda self, config_name, overrides: plan.mode
     try:
         yield
     finally:

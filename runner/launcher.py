@@ -131,7 +131,8 @@ class EnsembleLauncherBase(Launcher):
                 _PRELAUNCHED.clear()
             futures = {handed.get(_key(call)) or executor.submit(run_group, *call): members
                        for members, call in zip(groups[own:], calls[own:])}
-            _stop_when_done(executor, list(futures))
+            if planned:                    # (this launch has the whole sweep: Hydra's batches do not match)
+                _stop_when_done(executor, list(futures))
             try:
                 if own:
                     done(groups[0], run_group(*calls[0]))
@@ -154,8 +155,9 @@ class EnsembleLauncherBase(Launcher):
 
 
 def _stop_when_done(executor, futures: List[Future]) -> None:
-    """Once the last of the workers' ensembles has ended (every ensemble is handed out: the pool
-    gets nothing more), stop the pool from a thread, so that its processes exit while this one
+    """Once the last of the workers' ensembles has ended (every ensemble of the sweep is handed out:
+    the pool gets nothing more; not so for Hydra's batches, hydra.sweeper.max_batch_size, whose
+    next launch wants the same warm pool), stop the pool from a thread, so that its processes exit while this one
     still trains its own ensemble: the command's end (sweep.stop_workers) then finds them gone
     instead of waiting ~60 ms for them (measured; a worker usually ends first: it starts first)."""
     import threading

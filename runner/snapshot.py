@@ -140,20 +140,38 @@ _COMPRESSION = {schema: _compression(schema) for schema in SCHEMAS.values()}
 
 # --------------------------------------------------------------------------- columns
 
-# Arrow arrays are made from their buffers here, never by pa.array / Table.from_pydict on Python
-# or numpy values: those ask pyarrow's pandas shim whether the values are pandas objects, and
-# its first question imports pandas (0.15-0.3 s of CPU; measured: a grid command's two processes
-# spent it while both cores were busy starting up, 7.5-8.0 s -> 7.2 s). A training process never
-# imports pandas (tested); the readers below do (they return DataFrames).
+# Arrow arrays are made from their buffers here, not by pa.array / Table.from_pydict on Python or
+# numpy values: those ask pyarrow's pandas shim whether the values are pandas objects, and its
+# first question imports pandas (0.15-0.3 s of CPU; measured: a grid command's two processes spent
+# it while both cores were busy starting up, 7.5-8.0 s -> 7.2 s). The fast paths take exactly the
+# values the writers pass (and give pa.array's result for them); anything else goes to pa.array,
+# which converts or refuses as it always did. A training process never imports pandas (tested);
+# the readers below do (they return DataFrames).
 _NUMPY = {pa.int32(): np.int32, pa.int64(): np.int64, pa.float32(): np.float32, pa.float64(): np.float64}
 
 
-def _validity(values) -> tuple:
-    """(values with None as 0, validity bitmap buffer or None) of a Python sequence."""
+def _numbers(values, dtype) -> Optional[np.ndarray]:
+    """`values` (a plain 1-d numpy array) as `dtype` where that loses nothing pa.array would keep
+    (floats from floats, integers from integers in range), else None."""
+    if type(values) is not np.ndarray or values.ndim != 1 or not values.dtype.isnative:
+        return None
+    source, target = values.dtype, np.dtype(dtype)
+    if source == target:
+        return np.ascontiguousarray(values)
+    if target.kind == "f":
+        ok = source.kind == "f" and np.can_cast(source, target, "safe")
+    else:
+        ok = source.kind in "iu" and (np.can_cast(source, target, "safe") or values.size == 0 or (
+            int(values.min()) >= np.iinfo(target).min and int(values.max()) <= np.iinfo(target).max))
+    return np.ascontiguousarray(values, dtype=target) if ok else None
+
+
+def _validity(values, fill=0) -> tuple:
+    """(values with None as `fill`, validity bitmap buffer or None) of a Python sequence."""
     if None not in values:
         return values, None
     valid = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
-    return [0 if v is None else v for v in values], pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return [fill if v is None else v for v in values], pa.py_buffer(np.packbits(valid, bitorder="little"))
 
 
 def _offsets(lengths, n: int) -> np.ndarray:
@@ -163,38 +181,63 @@ def _offsets(lengths, n: int) -> np.ndarray:
 
 
 def list_array(offsets: np.ndarray, flat: np.ndarray, value_type: "pa.DataType") -> "pa.Array":
-    """A list<value_type> array: row i holds flat[offsets[i]:offsets[i + 1]] (no copy of flat
-    when it already has the type's dtype and is contiguous)."""
+    """A list<value_type> array: row i holds flat[offsets[i]:offsets[i + 1]] (flat: a 1-d array of
+    the type's numpy dtype; not copied when contiguous)."""
     child = pa.Array.from_buffers(value_type, len(flat), [None, pa.py_buffer(
         np.ascontiguousarray(flat, dtype=_NUMPY[value_type]))])
     return pa.Array.from_buffers(pa.list_(value_type), len(offsets) - 1,
                                  [None, pa.py_buffer(np.ascontiguousarray(offsets, dtype=np.int32))], children=[child])
 
 
-def column(values, type: "pa.DataType") -> "pa.Array":
-    """An Arrow array of `type` (int32/int64/float32/float64, string, or a list of one of those)
-    from an Arrow array, a numpy array (2-d for a list type: one row each) or a Python sequence
-    (None for null; for a list type: sequences or 1-d arrays, no None)."""
-    if isinstance(values, pa.Array):
-        return values if values.type == type else values.cast(type)
-    n = len(values)
-    if type in _NUMPY:
+def _fast_column(values, arrow_type: "pa.DataType") -> Optional["pa.Array"]:
+    """The array from its buffers for the values the writers pass, None for anything else: numbers
+    (a 1-d numpy array, or a list of Python/numpy numbers and None), strings (a list of str and
+    None), lists of numbers (a 2-d numpy array, one row each, or a list of number sequences or
+    1-d arrays)."""
+    is_list = isinstance(values, (list, tuple))
+    if arrow_type in _NUMPY:
         validity = None
-        if not isinstance(values, np.ndarray):
-            values, validity = _validity(values)
-        data = np.ascontiguousarray(values, dtype=_NUMPY[type])
-        if data.shape != (n,):
-            raise ValueError(f"a {type} column needs 1-d values, got shape {data.shape}")
-        return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(data)])
-    if type == pa.string():
+        if is_list:
+            values, validity = _validity(values, 0.0 if pa.types.is_floating(arrow_type) else 0)
+            values = np.array(values) if len(values) else np.zeros(0, dtype=_NUMPY[arrow_type])
+        data = _numbers(values, _NUMPY[arrow_type])
+        return None if data is None else pa.Array.from_buffers(arrow_type, len(data), [validity, pa.py_buffer(data)])
+    if arrow_type == pa.string():
+        if not is_list or not all(v is None or isinstance(v, str) for v in values):
+            return None
         values, validity = _validity(values)
-        data = [str(v).encode() for v in values]
-        return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(_offsets(map(len, data), n)),
-                                               pa.py_buffer(b"".join(data))])
-    if isinstance(values, np.ndarray):                          # (rows, width)
-        return list_array(np.arange(n + 1, dtype=np.int32) * values.shape[1], values.reshape(-1), type.value_type)
-    flat = [x for v in values for x in (v.reshape(-1).tolist() if isinstance(v, np.ndarray) else v)]
-    return list_array(_offsets(map(len, values), n), np.array(flat, dtype=_NUMPY[type.value_type]), type.value_type)
+        data = [v.encode() if v else b"" for v in values]
+        return pa.Array.from_buffers(arrow_type, len(data), [validity, pa.py_buffer(_offsets(map(len, data), len(data))),
+                                                       pa.py_buffer(b"".join(data))])
+    if not (pa.types.is_list(arrow_type) and arrow_type.value_type in _NUMPY):
+        return None
+    value_type = arrow_type.value_type
+    dtype = _NUMPY[value_type]
+    if isinstance(values, np.ndarray):
+        if type(values) is not np.ndarray or values.ndim != 2:
+            return None
+        n, width = values.shape
+        flat = _numbers(values.reshape(-1), dtype)
+        return None if flat is None else list_array(np.arange(n + 1, dtype=np.int32) * width, flat, value_type)
+    if not is_list or not all(isinstance(v, (list, tuple)) or (type(v) is np.ndarray and v.ndim == 1) for v in values):
+        return None
+    flat = [x for v in values for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
+    flat = _numbers(np.array(flat) if flat else np.zeros(0, dtype=dtype), dtype) if None not in flat else None
+    return None if flat is None else list_array(_offsets(map(len, values), len(values)), flat, value_type)
+
+
+def column(values, arrow_type: "pa.DataType") -> "pa.Array":
+    """An Arrow array of `arrow_type`, as pa.array(values, type=arrow_type) gives it (a 2-d numpy
+    array for a list type: one row each); without pyarrow's conversion where _fast_column knows
+    the values."""
+    if isinstance(values, pa.Array):
+        return values if values.type == arrow_type else values.cast(arrow_type)
+    fast = _fast_column(values, arrow_type)
+    if fast is not None:
+        return fast
+    if isinstance(values, np.ndarray) and values.ndim == 2 and pa.types.is_list(arrow_type):
+        values = list(values)
+    return pa.array(values, type=arrow_type)
 
 
 def arrow_table(name: str, columns: dict) -> "pa.Table":

@@ -49,6 +49,9 @@ CASES = [
     (["init=per_layer", "init.rules=[{module: head, init: xavier}]"],
      "init.rules[0].module='head' matches no layer; use first, last, a glob, or one of: "
      "net.1, net.4, net.7, net.10"),
+    # A sweep without -m: a preset that sets hydra.mode=MULTIRUN does not make it one when the
+    # preset is itself swept (Hydra reads the mode leaving sweeps out): guard() says so, not Hydra later.
+    (["experiment=lr_dropout_grid,seed_sharing"], "Ambiguous value for argument 'experiment=lr_dropout_grid,seed_sharing'"),
     (["-m", "optim.lr=0.1,-1"], "optim.lr=-1.0 must be a finite number > 0, e.g. optim.lr=0.1 [job: data.root={root} optim.lr=-1]"),
 ]
 

@@ -4,6 +4,7 @@ import errno
 import json
 import signal
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -274,24 +275,51 @@ def test_epoch_means_and_diagnostics_against_an_independent_oracle(make_cfg, tmp
     assert update["norm"].item() == pytest.approx(np.sqrt((diff ** 2).sum()), rel=1e-3, abs=1e-12)
 
 
-@pytest.mark.parametrize("values, type_", [
-    ([1, None, 3], "int64"), ([0.5, None, float("nan"), -0.0], "float64"), ([], "float64"), ([7] * 5, "int32"),
-    (["net.1.weight", None, "", "é"], "string"), ([None, None], "string"),
-    ([(8, 784), (), (10,)], "list_int64"), ([np.arange(3.0), np.zeros(0)], "list_float64"),
+_I32, _I64, _F32, _F64, _S = "int32", "int64", "float32", "float64", "string"
+COLUMN_CASES = [     # (values, Arrow type): what the writers pass, and what they must not get wrong
+    ([1, None, 3], _I64), ([0.5, None, float("nan"), -0.0, float("inf")], _F64), ([], _F64), ([7] * 5, _I32),
+    (["net.1.weight", None, "", "é"], _S), ([None, None], _S), ([None, None], _F64), ([], _S),
+    ([(8, 784), (), (10,)], "list_int64"), ([np.arange(3.0), np.zeros(0)], "list_float64"), ([[], []], "list_int64"),
     (np.arange(12).reshape(3, 4), "list_int64"), (np.linspace(0, 1, 10).reshape(2, 5), "list_float64"),
-    (np.array([1.5, 2.5]), "float64"), (np.array([3, 4], dtype=np.int32), "int64")])
+    (np.asfortranarray(np.arange(12.0).reshape(3, 4)), "list_float64"), (np.arange(12.0).reshape(3, 4)[:, ::2], "list_float64"),
+    (np.zeros((3, 0)), "list_float64"), (np.zeros((0, 5)), "list_float64"),
+    (np.array([1.5, 2.5]), _F64), (np.array([3, 4], dtype=np.int32), _I64), (np.arange(10.0)[::3], _F64),
+    ([np.float32(0.1), np.float64(0.2), None], _F64), ([np.int64(3), np.int32(4), None], _I32),
+    # refused or converted by pa.array: column() must do the same, never pass them through changed
+    ([1.5, 2], _I64), ([float("nan")], _I64), (np.array([1.5, 2.0]), _I64), ([2 ** 31], _I32),
+    (np.array([2 ** 31], dtype=np.int64), _I32), ([2 ** 63], _I64), (np.array([2 ** 63], dtype=np.uint64), _I64),
+    ([0.1, 1e40], _F32), (np.array([1e40]), _F32), ([True, False], _I64), (np.array([True, False]), _I64),
+    ([1, 2 ** 53 + 1], _F64), (["1"], _I64), ([1, 2], _S), ([b"ab"], _S), ([[1, 2], None], "list_int64"),
+    ([[1, None]], "list_int64"), ([[1.5]], "list_int64"), ([np.arange(4).reshape(2, 2)], "list_int64"),
+    (np.array([[1.5, 2.5]]), "list_int64"), (np.zeros((2, 2, 2)), "list_float64"), (np.arange(3.0), "list_float64"),
+    (np.array([1.0, 2.0], dtype=">f8"), _F64), (np.ma.array([1.0, 2.0], mask=[0, 1]), _F64),
+    (np.array([1.0, None], dtype=object), _F64), ([[1.0]], _F64)]
+
+
+@pytest.mark.parametrize("values, type_", COLUMN_CASES)
 def test_columns_from_buffers_equal_pyarrows_conversion(values, type_):
-    """snapshot.column builds what pa.array builds (values, nulls, types) without pyarrow's own
-    conversion; fails on a wrong offset, a lost null, a wrong dtype."""
+    """snapshot.column gives what pa.array gives (values, nulls, type), or fails where it fails:
+    fails on a wrong offset, a lost null, a silent cast (a float into an int column, an int32
+    overflow, a bool as an int, a 2-d row cut to its first dimension)."""
     import pyarrow as pa
 
-    pa_type = {"int64": pa.int64(), "int32": pa.int32(), "float64": pa.float64(), "string": pa.string(),
-               "list_int64": pa.list_(pa.int64()), "list_float64": pa.list_(pa.float64())}[type_]
-    expected = pa.array(list(values) if isinstance(values, np.ndarray) and values.ndim == 2 else values, type=pa_type)
-    got = snapshot.column(values, pa_type)
-    got.validate(full=True)
-    assert got.type == pa_type and got.null_count == expected.null_count
-    assert repr(got.to_pylist()) == repr(expected.to_pylist())      # (repr: NaN and -0.0 compared too)
+    pa_type = {"int64": pa.int64(), "int32": pa.int32(), "float32": pa.float32(), "float64": pa.float64(),
+               "string": pa.string(), "list_int64": pa.list_(pa.int64()), "list_float64": pa.list_(pa.float64())}[type_]
+
+    def outcome(convert):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                array = convert()
+        except Exception as e:  # noqa: BLE001
+            return "refused", type(e).__name__
+        array.validate(full=True)
+        return array.type, array.null_count, repr(array.to_pylist())     # (repr: NaN and -0.0 compared too)
+
+    rows = list(values) if isinstance(values, np.ndarray) and values.ndim == 2 and type_.startswith("list") else values
+    expected = outcome(lambda: pa.array(rows, type=pa_type))
+    got = outcome(lambda: snapshot.column(values, pa_type))
+    assert got == expected or (got[0] == expected[0] == "refused")
 
 
 def test_training_never_imports_pandas(data_root, tmp_path):

@@ -211,7 +211,7 @@ def test_command_warms_the_processes_that_will_train(overrides, expected, monkey
     from runner.cli import Plan, _processes, expand_jobs
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    multirun, jobs, base, _ = expand_jobs([o for o in overrides if o != "-m"], "-m" in overrides)
+    multirun, jobs, base, _, _ = expand_jobs([o for o in overrides if o != "-m"], "-m" in overrides)
     assert _processes(Plan(multirun, jobs, [], base, overrides)) == expected
 
 
@@ -233,23 +233,27 @@ def test_a_job_config_the_checks_composed_is_handed_to_the_launcher_once():
     assert _job_key(["a=1", "b=2"]) != _job_key(["b=2", "a=1"])
 
 
-@pytest.mark.parametrize("args, multirun", [(["experiment=lr_dropout_grid"], False), (["optim.lr=0.1,0.2"], True),
-                                            ([], False), (["hydra.mode=RUN", "optim.lr=0.1,0.2"], True)])
+@pytest.mark.parametrize("args, multirun", [
+    (["experiment=lr_dropout_grid"], False), (["optim.lr=0.1,0.2"], True), ([], False),
+    (["hydra.mode=RUN", "optim.lr=0.1,0.2"], True), (["sharing=none,all_hidden", "optim.lr=0.1,0.2"], True),
+    (["experiment=lr_dropout_grid,seed_sharing"], True), (["experiment=seed_sharing,lr_dropout_grid"], True)])
 def test_hydra_gets_the_mode_it_would_compose(args, multirun):
     """main() hands Hydra the run mode from guard()'s composition instead of letting Hydra compose
     the whole config once more to read it: it must be what Hydra reads itself (None when no config
-    sets it: a plan's own multirun flag instead made every job of a `-m` grid think it ran alone)."""
+    sets it: a plan's own multirun flag instead made every job of a `-m` grid think it ran alone;
+    a sweep over presets whose first sets hydra.mode: Hydra, leaving sweeps out, reads None; without
+    -m that command is a mistake, test_errors)."""
     from hydra import initialize_config_dir
     from hydra._internal.hydra import Hydra
     from hydra.core.global_hydra import GlobalHydra
 
     from runner.cli import CONF_DIR, Plan, _known_mode, expand_jobs
 
-    is_multirun, jobs, base, _ = expand_jobs(args, multirun)
+    is_multirun, jobs, base, _, mode = expand_jobs(args, multirun)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         hydra = GlobalHydra.instance().hydra
         composed = hydra.get_mode(config_name="config", overrides=args)
-        with _known_mode(Plan(is_multirun, jobs, [], base, args)):
+        with _known_mode(Plan(is_multirun, jobs, [], base, args, mode)):
             given = hydra.get_mode(config_name="config", overrides=args)
         assert Hydra.get_mode(hydra, config_name="config", overrides=args) == composed   # restored
     assert given == composed
