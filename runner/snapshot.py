@@ -207,8 +207,8 @@ def _fast_column(values, arrow_type: "pa.DataType") -> Optional["pa.Array"]:
             return None
         values, validity = _validity(values)
         data = [v.encode() if v else b"" for v in values]
-        return pa.Array.from_buffers(arrow_type, len(data), [validity, pa.py_buffer(_offsets(map(len, data), len(data))),
-                                                       pa.py_buffer(b"".join(data))])
+        offsets = _offsets(map(len, data), len(data))
+        return pa.Array.from_buffers(arrow_type, len(data), [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
     if not (pa.types.is_list(arrow_type) and arrow_type.value_type in _NUMPY):
         return None
     value_type = arrow_type.value_type
