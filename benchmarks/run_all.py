@@ -1,8 +1,8 @@
 """Every CPU benchmark in one command; prints a table of ratios against their targets and
 writes benchmarks/results.json. Each ratio compares against a baseline measured in the same
-run (the machines here are noisy). About 3.5 minutes on 2 cores (writing the 1000-run report
-tree is about 1 of them); --quick (fewer epochs and runs, a 2-epoch grid whose ratio start-up
-dominates): about 1.5.
+run (the machines here are noisy). About 5 minutes on 2 cores (writing the 1000-run report
+tree is about 1 of them, the grid's three alternating pairs of commands about 2); --quick (fewer
+epochs and runs, one pair of a 2-epoch grid whose ratio start-up dominates): about 1.5.
 
     python benchmarks/run_all.py [--quick]
 """
@@ -35,7 +35,8 @@ def main() -> None:
         "startup": bench("startup.py"),
         "sweep_speedup": bench("sweep_speedup.py", "--epochs", "3" if quick else "15"),
         "report_time": bench("report_time.py", *(["--runs", "20", "--epochs", "10"] if quick else [])),
-        "ensemble_speedup": bench("ensemble_speedup.py", "--epochs", "2" if quick else "10"),
+        "ensemble_speedup": bench("ensemble_speedup.py", "--epochs", "2" if quick else "10",
+                                  "--repeats", "1" if quick else "3"),
     }
     et, so = results["epoch_time"], results["snapshot_overhead"]
     big = results["report_time"].get("large", results["report_time"])
