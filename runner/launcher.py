@@ -157,9 +157,10 @@ class EnsembleLauncherBase(Launcher):
 def _stop_when_done(executor, futures: List[Future]) -> None:
     """Once the last of the workers' ensembles has ended (every ensemble of the sweep is handed out:
     the pool gets nothing more; not so for Hydra's batches, hydra.sweeper.max_batch_size, whose
-    next launch wants the same warm pool), stop the pool from a thread, so that its processes exit while this one
-    still trains its own ensemble: the command's end (sweep.stop_workers) then finds them gone
-    instead of waiting ~60 ms for them (measured; a worker usually ends first: it starts first)."""
+    next launch wants the same warm pool), stop the pool from a thread, so that its processes exit
+    while this one still trains its own ensemble: the command's end (sweep.stop_workers) then finds
+    them gone instead of waiting ~60 ms for them (measured; a worker usually ends first: it starts
+    first)."""
     import threading
 
     left, lock = [len(futures)], threading.Lock()

@@ -148,6 +148,12 @@ _COMPRESSION = {schema: _compression(schema) for schema in SCHEMAS.values()}
 # which converts or refuses as it always did. A training process never imports pandas (tested);
 # the readers below do (they return DataFrames).
 _NUMPY = {pa.int32(): np.int32, pa.int64(): np.int64, pa.float32(): np.float32, pa.float64(): np.float64}
+_NUMBER = (int, float, np.integer, np.floating)
+
+
+def _plain_numbers(values) -> bool:
+    """A Python sequence of numbers and None only (bool, which pa.array keeps apart, is not one)."""
+    return all(v is None or (isinstance(v, _NUMBER) and not isinstance(v, bool)) for v in values)
 
 
 def _numbers(values, dtype) -> Optional[np.ndarray]:
@@ -198,6 +204,8 @@ def _fast_column(values, arrow_type: "pa.DataType") -> Optional["pa.Array"]:
     if arrow_type in _NUMPY:
         validity = None
         if is_list:
+            if not _plain_numbers(values):
+                return None
             values, validity = _validity(values, 0.0 if pa.types.is_floating(arrow_type) else 0)
             values = np.array(values) if len(values) else np.zeros(0, dtype=_NUMPY[arrow_type])
         data = _numbers(values, _NUMPY[arrow_type])
@@ -222,7 +230,9 @@ def _fast_column(values, arrow_type: "pa.DataType") -> Optional["pa.Array"]:
     if not is_list or not all(isinstance(v, (list, tuple)) or (type(v) is np.ndarray and v.ndim == 1) for v in values):
         return None
     flat = [x for v in values for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
-    flat = _numbers(np.array(flat) if flat else np.zeros(0, dtype=dtype), dtype) if None not in flat else None
+    if None in flat or not _plain_numbers(flat):
+        return None
+    flat = _numbers(np.array(flat) if flat else np.zeros(0, dtype=dtype), dtype)
     return None if flat is None else list_array(_offsets(map(len, values), len(values)), flat, value_type)
 
 

@@ -294,7 +294,8 @@ COLUMN_CASES = [     # (values, Arrow type): what the writers pass, and what the
     ([[1, None]], "list_int64"), ([[1.5]], "list_int64"), ([np.arange(4).reshape(2, 2)], "list_int64"),
     (np.array([[1.5, 2.5]]), "list_int64"), (np.zeros((2, 2, 2)), "list_float64"), (np.arange(3.0), "list_float64"),
     (np.array([1.0, 2.0], dtype=">f8"), _F64), (np.ma.array([1.0, 2.0], mask=[0, 1]), _F64),
-    (np.array([1.0, None], dtype=object), _F64), ([[1.0]], _F64)]
+    (np.array([1.0, None], dtype=object), _F64), ([[1.0]], _F64), ([True, 0.5], _F64), ([(1, True)], "list_int64"),
+    ([np.bool_(True)], _I64)]
 
 
 @pytest.mark.parametrize("values, type_", COLUMN_CASES)
