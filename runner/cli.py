@@ -284,6 +284,7 @@ class Plan:
                  argv: List[str], mode=None):
         self.multirun, self.jobs, self.configs, self.base, self.argv = multirun, jobs, configs, base, argv
         self.mode = mode          # hydra.mode as Hydra reads it (a RunMode or None)
+        self.run_dirs: List[Path] = []    # each job's run directory (train commands), as guard() checked it
 
 
 def guard(command: str, argv: Optional[List[str]] = None, on_expanded=None) -> Optional[Plan]:
@@ -353,6 +354,7 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
             if command == "train":
                 run_dir = job_dir(cfg) if multirun else target
                 check_run_dir(cfg, run_dir, f"job directory {run_dir}" if multirun else f"hydra.run.dir={run_dir}")
+                plan.run_dirs.append(run_dir)
         except Exception as e:
             if not is_user_error(e):
                 raise
@@ -364,7 +366,7 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
         from .sweep import write_sweep_json
 
         write_sweep_json(target, [o for o in argv if o not in ("-m", "--multirun")],
-                         [{"dir": job_dir(c).name, "overrides": list(j)} for c, j in zip(plan.configs, jobs)])
+                         [{"dir": d.name, "overrides": list(j)} for d, j in zip(plan.run_dirs, jobs)])
     return plan
 
 

@@ -221,13 +221,14 @@ def prelaunch(plan) -> None:
     jobs are valid, their configs composed), before Hydra sets the sweep up again and calls the
     launcher (~0.3 s on 2 cores, which the warm workers spent waiting). The launcher finds them
     by their run directories and hands out only what is not yet running."""
-    from .cli import hydra_override, job_dir
+    from .cli import hydra_override
     from .sweep import launcher_kind, workers as pool
 
     launcher = plan.base.hydra.launcher
     if not plan.multirun or launcher_kind(launcher) != "ensemble":
         return
-    jobs = [([o for o in job if not hydra_override(o)], cfg, job_dir(cfg)) for job, cfg in zip(plan.jobs, plan.configs)]
+    jobs = [([o for o in job if not hydra_override(o)], cfg, run_dir)
+            for job, cfg, run_dir in zip(plan.jobs, plan.configs, plan.run_dirs)]
     _PLANNED.clear()
     planned = _plan(jobs, int(launcher.max_members), launcher.get("n_jobs"))
     _PLANNED[(_dirs(jobs), int(launcher.max_members), launcher.get("n_jobs"))] = planned
