@@ -279,6 +279,7 @@ class _Group:
         import torch
 
         from .batched import Members, check_batchable
+        from .data import normalise
         from .loss import member_losses
         from .model import activation_paths
         from .optim import Optimizer
@@ -319,14 +320,18 @@ class _Group:
                 for m, write in recorder.snapshot(0, 0, self.run_dirs, range(k)).items():
                     writer.submit(m, write)
             totals = _Totals(k, device, float(cfg0.trainer.diverge_factor), optimizer, limits)
-            x_all, y_all, n = dataset.train_x, dataset.train_y, dataset.n_train
             use_graph = bool(cfg0.trainer.compile) and device.type == "cuda"
+            # One thread (an ensemble beside others): batches gathered as uint8 and normalised (data.Dataset).
+            raw = device.type == "cpu" and torch.get_num_threads() == 1
+            x_all, y_all, n = dataset.train_raw if raw else dataset.train_x, dataset.train_y, dataset.n_train
             capture_always = use_graph and recorder is not None       # a graph is recorded once: always capture
 
             def step(idx) -> None:
                 """One optimizer step for every member; idx (G, B): each seed group's batch indices.
                 Nothing here reads back to the host on a GPU (so it can be a CUDA graph)."""
                 x = torch.index_select(x_all, 0, idx.reshape(-1))        # (G*B, 1, 28, 28); 3x faster than x_all[...] here
+                if raw:
+                    x = normalise(x)
                 y = torch.index_select(y_all, 0, idx.reshape(-1)).view(idx.shape)    # (G, B); y_all[idx]: ~50 us
                 y = y.expand(k, -1) if len(groups) == 1 else y if len(groups) == k else y[member_group]  # (K, B)
                 losses, predicted = member_losses(members.forward(x, groups), y)   # (K,) mean losses, (K, B)

@@ -131,6 +131,81 @@ def test_dropout_masks_rate_scale_and_own_generator(make_cfg):
             assert torch.equal((uniforms < 1.0 - p).float() / (1.0 - p), out[m])
 
 
+def test_dropout_drawn_ahead_gives_the_masks_drawn_call_by_call(make_cfg):
+    """A forward whose dropout calls begin as the last forward's did draws every call's uniforms at
+    its first (Members._mask): each member must still get, forward after forward, the masks it
+    draws call by call, alone or in an ensemble, with rates that differ per member and per layer
+    (rows without dropout in between), across batch sizes that change (a forward that departs from
+    the plan) and a forward without dropout (evaluation) in between."""
+    import torch
+
+    from runner.batched import Members
+    from runner.engine import build
+
+    rates = ["[0.0,0.3,0.0]", "[0.5,0.0,0.2]", "[0.2,0.2,0.2]", "[0.0,0.0,0.0]"]
+    cfgs = [make_cfg("model.hidden=[8,8,8]", f"model.dropout={r}") for r in rates]
+    seeds = [21, 22, 23, 24]
+
+    def members(indices):
+        def built(i):
+            torch.manual_seed(100 + i)                 # each member's init, whoever it trains with
+            return build(cfgs[i])
+        templates, ties = zip(*[built(i) for i in indices])
+        return Members(list(templates), ties[0], "cpu", [seeds[i] for i in indices])
+
+    batches = [64, 64, 64, 32, 64, 64, "eval", 64, 64]
+    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+
+    def outputs(m, ahead: bool):
+        m.train(True)
+        out = []
+        for b in batches:
+            if not ahead:
+                m._drops = []                  # no plan: every call draws its own
+            if b == "eval":
+                m.train(False)
+                with torch.no_grad():
+                    m.forward(x[:8], [(0, m.k)])
+                m.train(True)
+                continue
+            with torch.no_grad():
+                out.append(m.forward(x[:b], [(0, m.k)]).view(m.k, b, -1))
+        return out
+
+    # Calls that depart from the plan in the middle of a forward (as a model whose forward
+    # branches could), or stop early: a member's masks as it draws them alone (and, where no call
+    # departs, as drawn call by call).
+    shapes = [(16, 8), (16, 8), (16, 5)]
+    forwards = [[0, 1, 2], [0, 1, 2], [0, 2, 1], [0, 1, 2], [0], [0, 1, 2], [0, 1, 2]]
+    rates_of = [tuple(float(r.strip("[]").split(",")[j]) for r in rates) for j in range(3)]
+
+    def masks(indices, ahead: bool = True):
+        m, out = members(indices), []
+        for calls in forwards:
+            m.new_forward()
+            if not ahead:
+                m._drop_plan = []
+            out.append([m.dropout(torch.ones(len(indices) * 16, shapes[j][1]), [rates_of[j][i] for i in indices],
+                                  channelwise=False, module=j).view(len(indices), 16, -1) for j in calls])
+        return out
+
+    ensemble = masks(range(4))
+    for i in range(4):
+        for alone, together in zip(masks([i]), ensemble):
+            assert all(torch.equal(a[0], t[i]) for a, t in zip(alone, together))
+    for f in (0, 1):                           # before any departure: as drawn call by call
+        assert all(torch.equal(a, b) for a, b in zip(ensemble[f], masks(range(4), ahead=False)[f]))
+
+    together = outputs(members(range(4)), ahead=True)
+    reference = outputs(members(range(4)), ahead=False)
+    for a, r in zip(together, reference):
+        assert torch.equal(a, r)
+    for i in range(4):
+        alone = outputs(members([i]), ahead=True)
+        for a, t in zip(alone, together):
+            assert torch.equal(a[0], t[i])
+
+
 @pytest.mark.parametrize("model", [["model.hidden=[8,8,8]", "sharing=all_hidden", "model.dropout=0.2"],
                                    ["model.hidden=[10,16]"]])
 def test_one_thread_ensemble_equals_two_thread_runs(model, make_cfg, tmp_path):
