@@ -221,6 +221,7 @@ def run_members(cfgs: Sequence, run_dirs: Sequence, overrides: Optional[Sequence
             existing = read_json(run_dir / "run.json")
             if existing is not None and existing.get("status") == "completed":
                 result.infos[i] = existing   # left as it is: not even locked
+                _complete_compaction(run_dir)
                 _log(f"paramlab: skip {run_dir.name}: already completed in {run_dir}; left as it is")
                 continue
             locks.append(DirLock(run_dir, "run directory").acquire())
@@ -241,6 +242,28 @@ def run_members(cfgs: Sequence, run_dirs: Sequence, overrides: Optional[Sequence
         for lock in locks:
             lock.release()
     return result
+
+
+def _complete_compaction(run_dir: Path) -> None:
+    """A completed run killed before all its compact copies were written (they follow run.json's
+    `completed`) gets them now; one whose copies are all there is not touched."""
+    from . import snapshot
+    from .lock import DirLock
+
+    missing = [t for t in snapshot.COMPACT_TABLES
+               if not snapshot.compact_file(run_dir, t).is_file() and snapshot.epoch_files(run_dir, t)]
+    if not missing:
+        return
+    try:
+        lock = DirLock(run_dir, "run directory").acquire()
+    except UserError:              # another live process holds it: that one finishes it
+        return
+    try:
+        snapshot.compact_run(run_dir, missing)
+    except OSError:
+        pass                       # the per-epoch files stay the source of truth
+    finally:
+        lock.release()
 
 
 def _signature(model, tie_map) -> tuple:

@@ -368,16 +368,16 @@ def epoch_of(path: Path) -> int:
     return int(Path(path).name[6:-8])
 
 
-def compact_run(run_dir: str | os.PathLike) -> List[Path]:
+def compact_run(run_dir: str | os.PathLike, tables: Sequence[str] = COMPACT_TABLES) -> List[Path]:
     """Copy each statistics table of a finished run into one file, `compact/<table>.parquet`.
 
     Reading 1000 runs x 3 tables x 20 epochs one small file at a time is what makes a big report
     slow; one file per table and run cuts the files 20-fold. The per-epoch folders stay as they
     are (they remain the source of truth); the copy holds exactly their rows, in epoch order, in
     the table's schema. Written atomically; a table without epoch files gets no compact file
-    (and loses a stale one). Returns the files written."""
+    (and loses a stale one). Returns the files written. `tables`: only these."""
     written = []
-    for table in COMPACT_TABLES:
+    for table in tables:
         target = compact_file(run_dir, table)
         files = epoch_files(run_dir, table)
         if not files:

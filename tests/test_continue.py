@@ -169,3 +169,21 @@ def test_killing_the_command_stops_its_workers_and_the_sweep_continues(tmp_path,
     out, err = proc.communicate()
     assert "being written by another paramlab command" not in err, err
     assert sum(1 for j in job_runs(sweep) if j.get("resumed")) == 4
+
+
+def test_completed_run_missing_a_compact_copy_gets_it_again(make_cfg, tmp_path):
+    """A kill after run.json said `completed` but before the run's compact copies were all written
+    (they follow it) leaves the run completed without them: the next command, which leaves the
+    run as it is, writes the missing ones (and touches nothing else)."""
+    from runner.engine import run
+
+    cfg = make_cfg("trainer.epochs=1")
+    run(cfg, tmp_path / "r")
+    compact = snapshot.compact_file(tmp_path / "r", "params")
+    whole = pd.read_parquet(compact)
+    compact.unlink()
+    others = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*") if p.is_file() and p.name != ".paramlab.lock"}
+    info = run(cfg, tmp_path / "r")
+    assert info["status"] == "completed"
+    assert compact.is_file() and pd.read_parquet(compact).equals(whole)
+    assert {p: p.stat().st_mtime_ns for p in others} == others
