@@ -163,7 +163,7 @@ class Dataset:
 def normalise(images: "torch.Tensor") -> "torch.Tensor":
     """uint8 images -> the float32 inputs every model sees: (x / 255 - MEAN) / STD, as x * (1 /
     (255 STD)) - MEAN / STD (one rounding each; a batch of rows gets the bits of the whole set's)."""
-    return images.mul(1.0 / (255.0 * STD)).sub_(MEAN / STD)
+    return images.float().mul_(1.0 / (255.0 * STD)).sub_(MEAN / STD)     # (a uint8 mul promoting: ~1.4x slower)
 
 
 def check_limit(limit: Optional[int], n_train: int) -> None:

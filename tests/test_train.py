@@ -116,6 +116,21 @@ def test_missing_dataset_message(tmp_path, monkeypatch):
 REAL = Path(__file__).resolve().parent.parent / "data"
 
 
+def test_uint8_batches_normalise_to_the_float_rows():
+    """A one-thread run gathers its batches from the uint8 images and normalises each
+    (data.normalise): every pixel value, in batches of any length (vector bodies and scalar tails
+    of the kernels), must get the bits of the float set's rows that a run on more threads gathers."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.arange(256, dtype=torch.uint8)[torch.randperm(256 * 50, generator=g) % 256].view(200, 1, 8, 8)
+    ds = data.Dataset(u, torch.zeros(200, dtype=torch.long), data.normalise(u[:2]), torch.zeros(2, dtype=torch.long))
+    assert ds.train_x.dtype == torch.float32 and ds.train_x.shape == (200, 1, 8, 8)
+    expected = (u.double() / 255.0 - data.MEAN) / data.STD
+    assert (ds.train_x.double() - expected).abs().max() < 1e-6
+    for n in (1, 3, 17, 64, 199):
+        idx = torch.randperm(200, generator=g)[:n]
+        assert torch.equal(data.normalise(torch.index_select(u, 0, idx)), torch.index_select(ds.train_x, 0, idx))
+
+
 @pytest.mark.skipif(not (REAL / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file(),
                     reason="real FashionMNIST not prepared (make data)")
 def test_real_dataset_shape_and_stats():
