@@ -83,6 +83,7 @@ class Members:
         self._drop_plan: List[tuple] = []
         self._drawn: Optional[tuple] = None
         self._plans: Dict[tuple, tuple] = {}
+        self._mixed_members: Optional[List[int]] = None
         self.groups: List[Tuple[int, int]] = [(0, self.k)]
         self.member_group = torch.zeros(self.k, dtype=torch.long, device=self.device)
         # One index tensor per grouping, kept for good: a CUDA graph recorded with one reads it
@@ -239,23 +240,33 @@ class Members:
         A forward whose calls begin as the previous forward's did draws them all at its first
         call (one uniform_ per member, and one comparison for every layer, instead of one per
         layer: ~20 us a step less for 9 members and 3 dropout layers, measured): the numbers are
-        the same, since a generator's uniforms drawn at once are those drawn a part at a time.
-        Whether a forward draws ahead, and which of its calls take their drawn masks, depends only
-        on which module calls with which shape (not on the rates: those of the other members), so
-        it is the same for a member alone and in an ensemble. A call that departs from the plan (a
-        model whose forward branches) draws its own after those drawn ahead, as do the rest."""
+        the same, since a generator's uniforms drawn at once are those drawn a part at a time. A
+        call that departs from the plan (a model whose forward calls its dropouts in varying
+        order) draws its own after those drawn ahead, as do the rest, alike alone and in an
+        ensemble: a member takes part only if its rate is 0 in all of the model's dropout modules
+        or in none (`_mixed`), so that it sees the same calls as alone (a module whose rates are all
+        0 is not called); the others, and calls from no module, draw call by call."""
         signature = (module, shape)
         i = len(self._drops)
         self._drops.append((module, shape, rates))
         plan = self._drop_plan
-        if i == 0 and plan and plan[0][:2] == signature:
+        if module is not None and i == 0 and plan and plan[0][:2] == signature:
             masks, rows = self._planned(tuple(plan))
             for row, generator in rows:
                 row.uniform_(0.0, 1.0, generator=generator)
             self._drawn = masks()
         if self._drawn is not None:
             if i < len(plan) and plan[i][:2] == signature:
-                return self._drawn[i]
+                mask = self._drawn[i]
+                mixed = [m for m in self._mixed() if rates[m]]
+                if mixed:       # drawn call by call, into their rows of a copy (the calls' masks share
+                    mask = mask.clone()               # one tensor, which autograd saved for earlier calls)
+                for m in mixed:
+                    if rates[m]:
+                        row = torch.empty(shape).uniform_(0.0, 1.0, generator=self.dropout_generators[m])
+                        torch.lt(row, self._keep(rates, self.device, 1)[m, 0], out=mask[m]).mul_(
+                            self._keep(rates, self.device, 1, inverse=True)[m, 0])
+                return mask
             self._drawn = None                                # departed from the plan
         # The comparison written as floats: a bool result times 1 / (1 - p) gives the same bits
         # ~3x slower (measured: 18.7 -> 6.7 us for 9 x 256 x 8); lt then mul: half bernoulli_'s time.
@@ -266,10 +277,18 @@ class Members:
         mask = torch.lt(uniform, keep, out=torch.empty(uniform.shape, dtype=uniform.dtype))
         return mask.mul_(self._keep(rates, self.device, len(shape), inverse=True))
 
+    def _mixed(self) -> List[int]:
+        """Members whose rate is 0 in some of the model's dropout modules and not in others."""
+        if self._mixed_members is None:
+            rates = [module.rates for module in self.model.modules() if isinstance(module, BatchedDropout)]
+            self._mixed_members = [m for m in range(self.k) if len({bool(r[m]) for r in rates}) > 1]
+        return self._mixed_members
+
     def _planned(self, plan: tuple):
-        """For a forward's dropout calls [(module, shape, rates)]: (a function that turns the drawn uniforms
-        into every call's mask, [(row, generator)]: each member's consecutive uniforms to draw).
-        One (K, total) buffer, call i's uniforms in columns offsets[i]..; made once per plan."""
+        """For a forward's dropout calls [(module, shape, rates)]: (a function that turns the drawn
+        uniforms into every call's mask, [(row, generator)]: each member's consecutive uniforms to
+        draw; none for `_mixed` members). One (K, total) buffer, call i's uniforms in columns
+        offsets[i]..; made once per plan."""
         if plan not in self._plans:
             sizes = [int(torch.Size(shape).numel()) for _, shape, _ in plan]
             offsets = [sum(sizes[:i]) for i in range(len(sizes))]
@@ -280,13 +299,15 @@ class Members:
             for m, generator in enumerate(self.dropout_generators):
                 start = None                                  # one draw per run of calls with dropout
                 for i, (_, _, rates) in enumerate(plan):
+                    keep[m, offsets[i]:offsets[i] + sizes[i]] = 1.0 - rates[m]
+                    scale[m, offsets[i]:offsets[i] + sizes[i]] = self._keep(rates, self.device, 1, inverse=True)[m, 0]
+                    if m in self._mixed():
+                        continue
                     if rates[m] and start is None:
                         start = offsets[i]
                     if not rates[m] and start is not None:
                         rows.append((buffer[m, start:offsets[i]], generator))
                         start = None
-                    keep[m, offsets[i]:offsets[i] + sizes[i]] = 1.0 - rates[m]
-                    scale[m, offsets[i]:offsets[i] + sizes[i]] = self._keep(rates, self.device, 1, inverse=True)[m, 0]
                 if start is not None:
                     rows.append((buffer[m, start:], generator))
             views = [(offsets[i], sizes[i], shape) for i, (_, shape, _) in enumerate(plan)]

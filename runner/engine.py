@@ -256,7 +256,7 @@ def _complete_compaction(run_dir: Path) -> None:
         return
     try:
         lock = DirLock(run_dir, "run directory").acquire()
-    except UserError:              # another live process holds it: that one finishes it
+    except (UserError, OSError):   # another live process holds it (that one finishes it), or read-only
         return
     try:
         snapshot.compact_run(run_dir, missing)

@@ -239,6 +239,9 @@ def prelaunch(plan) -> None:
     launcher = plan.base.hydra.launcher
     if not plan.multirun or launcher_kind(launcher) != "ensemble":
         return
+    batch = OmegaConf.select(plan.base, "hydra.sweeper.max_batch_size")
+    if batch and int(batch) < len(plan.jobs):
+        return          # Hydra launches the sweep in batches, each planned by itself: nothing ahead
     jobs = [([o for o in job if not hydra_override(o)], cfg, run_dir)
             for job, cfg, run_dir in zip(plan.jobs, plan.configs, plan.run_dirs)]
     _PLANNED.clear()

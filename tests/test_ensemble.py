@@ -84,6 +84,18 @@ def test_ensemble_launcher_groups_and_isolates_a_diverging_member(tmp_path, data
     assert bad["diverged"]["epoch"] == 1 and bad["diverged"]["step"] >= 0 and bad["epochs_completed"] == 0
 
 
+def test_batched_sweep_runs_each_ensemble_once(tmp_path, data_root):
+    """With hydra.sweeper.max_batch_size Hydra launches the sweep batch by batch, each planned by
+    itself: nothing may be handed to a worker ahead (prelaunch), or a batch's ensemble would run
+    twice at once (found by a review: the first batch trained the group a worker already ran)."""
+    r = run_cli("-m", "runner.train", "-m", "trainer.epochs=2,1", "optim.lr=0.1,0.2", "hydra.sweeper.max_batch_size=2",
+                f"data.root={data_root}", "data.limit=200", "trainer.progress=false", "device=cpu",
+                f"hydra.sweep.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("paramlab: ensemble of 2:") == 2 and r.stdout.count("jobs as 1 ensemble (2)") == 2, r.stdout
+    assert {j["status"] for j in job_runs(tmp_path / "b")} == {"completed"}
+
+
 def test_member_group_index_outlives_grouping_changes(make_cfg):
     """Training (one batch per seed group) and evaluation (one batch for all) alternate groupings;
     a CUDA graph recorded with a grouping's index tensor reads it at the same address in every
@@ -172,29 +184,38 @@ def test_dropout_drawn_ahead_gives_the_masks_drawn_call_by_call(make_cfg):
                 out.append(m.forward(x[:b], [(0, m.k)]).view(m.k, b, -1))
         return out
 
-    # Calls that depart from the plan in the middle of a forward (as a model whose forward
-    # branches could), or stop early: a member's masks as it draws them alone (and, where no call
-    # departs, as drawn call by call).
+    # Calls in varying order (a model whose forward branches), or stopping early: a member's masks
+    # as it draws them alone (and, where no call departs, as drawn call by call). As the modules
+    # do, a call is made only where some member's rate is not 0: members 0 and 1 (0 in some layers
+    # only) then see other calls alone than together, and must still draw the same.
     shapes = [(16, 8), (16, 8), (16, 5)]
-    forwards = [[0, 1, 2], [0, 1, 2], [0, 2, 1], [0, 1, 2], [0], [0, 1, 2], [0, 1, 2]]
+    forwards = [[0, 1, 2], [0, 1, 2], [0, 2, 1], [0, 2, 1], [1, 0, 2], [0], [0, 1, 2], [0, 1, 2]]
     rates_of = [tuple(float(r.strip("[]").split(",")[j]) for r in rates) for j in range(3)]
 
     def masks(indices, ahead: bool = True):
         m, out = members(indices), []
+        modules = [mod for mod in m.model.modules() if type(mod).__name__ == "BatchedDropout"]
         for calls in forwards:
             m.new_forward()
             if not ahead:
                 m._drop_plan = []
-            out.append([m.dropout(torch.ones(len(indices) * 16, shapes[j][1]), [rates_of[j][i] for i in indices],
-                                  channelwise=False, module=j).view(len(indices), 16, -1) for j in calls])
+            drawn = {}
+            for j in calls:
+                layer_rates = [rates_of[j][i] for i in indices]
+                if any(layer_rates):
+                    drawn[j] = m.dropout(torch.ones(len(indices) * 16, shapes[j][1]), layer_rates,
+                                         channelwise=False, module=modules[j]).view(len(indices), 16, -1)
+                else:
+                    drawn[j] = torch.ones(len(indices), 16, shapes[j][1])
+            out.append(drawn)
         return out
 
     ensemble = masks(range(4))
     for i in range(4):
         for alone, together in zip(masks([i]), ensemble):
-            assert all(torch.equal(a[0], t[i]) for a, t in zip(alone, together))
+            assert all(torch.equal(alone[j][0], together[j][i]) for j in together), i
     for f in (0, 1):                           # before any departure: as drawn call by call
-        assert all(torch.equal(a, b) for a, b in zip(ensemble[f], masks(range(4), ahead=False)[f]))
+        assert all(torch.equal(ensemble[f][j], masks(range(4), ahead=False)[f][j]) for j in ensemble[f])
 
     together = outputs(members(range(4)), ahead=True)
     reference = outputs(members(range(4)), ahead=False)
