@@ -454,16 +454,16 @@ def main() -> None:
             prewarm_workers(n, _data_of(plan.base), joblib_args)
 
     plan = guard("train", on_expanded=warm)
-    if plan is not None and _processes(plan)[1]:
-        from .engine import preload_data     # torch is imported: the checks built the models
-
-        # The first job's dataset (this process's first run, whatever the launcher), in a thread
-        # while Hydra composes the jobs again.
-        preload_data(*_data_of(plan.configs[0]), background=True)
     if plan is not None:
         from .launcher import prelaunch
 
-        prelaunch(plan)   # the workers' ensembles start now, while Hydra sets the sweep up
+        first = prelaunch(plan)   # the workers' ensembles start now, while Hydra sets the sweep up
+        if _processes(plan)[1]:
+            from .engine import preload_data     # torch is imported: the checks built the models
+
+            # The dataset of this process's first run (its ensemble's, or the first job's), in a
+            # thread while Hydra composes the jobs again.
+            preload_data(*_data_of(first if first is not None else plan.configs[0]), background=True)
     hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
     # An absolute path: works for `python -m`, console scripts and `python -c` alike.
     try:

@@ -228,20 +228,21 @@ _PRELAUNCHED: Dict[Tuple[str, ...], Future] = {}
 _PLANNED: Dict[tuple, tuple] = {}
 
 
-def prelaunch(plan) -> None:
+def prelaunch(plan) -> Optional[DictConfig]:
     """The worker processes' ensembles handed out as soon as the command's checks have passed (the
     jobs are valid, their configs composed), before Hydra sets the sweep up again and calls the
     launcher (~0.3 s on 2 cores, which the warm workers spent waiting). The launcher finds them
-    by their run directories and hands out only what is not yet running."""
+    by their run directories and hands out only what is not yet running. Returns the first config
+    of the ensemble this process will train itself (None: not known here)."""
     from .cli import hydra_override
     from .sweep import launcher_kind, workers as pool
 
     launcher = plan.base.hydra.launcher
     if not plan.multirun or launcher_kind(launcher) != "ensemble":
-        return
+        return None
     batch = OmegaConf.select(plan.base, "hydra.sweeper.max_batch_size")
     if batch and int(batch) < len(plan.jobs):
-        return          # Hydra launches the sweep in batches, each planned by itself: nothing ahead
+        return None     # Hydra launches the sweep in batches, each planned by itself: nothing ahead
     jobs = [([o for o in job if not hydra_override(o)], cfg, run_dir)
             for job, cfg, run_dir in zip(plan.jobs, plan.configs, plan.run_dirs)]
     _PLANNED.clear()
@@ -252,6 +253,7 @@ def prelaunch(plan) -> None:
         executor = pool(workers - own)
         for call in calls[own:]:
             _PRELAUNCHED[_key(call)] = executor.submit(run_group, *call)
+    return calls[0][0][0] if own or workers == 1 else None
 
 
 def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):
