@@ -187,3 +187,39 @@ def test_completed_run_missing_a_compact_copy_gets_it_again(make_cfg, tmp_path):
     assert info["status"] == "completed"
     assert compact.is_file() and pd.read_parquet(compact).equals(whole)
     assert {p: p.stat().st_mtime_ns for p in others} == others
+
+
+def test_a_run_recorded_on_one_gpu_continues_on_another(make_cfg, tmp_path):
+    """A sweep gives parallel jobs cuda:0, cuda:1, ... (recorded in run.json): the same command
+    run again (device=auto or cuda) must continue them, not call them another config; another
+    kind of device (a GPU run continued on the CPU) stays another config."""
+    from omegaconf import OmegaConf
+
+    from runner.config import UserError
+    from runner.engine import check_run_dir
+
+    cfg = make_cfg("trainer.epochs=1")
+    run_dir = tmp_path / "r"
+    (run_dir).mkdir()
+    recorded = json.loads(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "status": "running"}))
+    recorded["config"].pop("hydra", None)
+
+    def check(there: str, here: str) -> None:
+        recorded["config"]["device"] = there
+        (run_dir / "run.json").write_text(json.dumps(recorded))
+        OmegaConf.update(cfg, "device", here, merge=False)
+        check_run_dir(cfg, run_dir)
+
+    check("cpu", "cpu")
+    check("cuda:1", "cuda")
+    check("cuda:0", "cuda:1")
+    import torch
+
+    gpu = torch.cuda.is_available()
+    check("cuda:1" if gpu else "cpu", "auto")     # auto: whatever this machine resolves it to
+    for there, here in (("cuda:1", "cpu"), ("cpu" if gpu else "cuda:1", "auto")):
+        with pytest.raises(UserError, match="another config"):
+            check(there, here)
+    recorded["config"]["optim"]["lr"] = 0.3   # a difference beside the device is still one
+    with pytest.raises(UserError, match="optim.lr"):
+        check("cuda:1", "cuda")
