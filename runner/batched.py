@@ -262,10 +262,9 @@ class Members:
                 if mixed:       # drawn call by call, into their rows of a copy (the calls' masks share
                     mask = mask.clone()               # one tensor, which autograd saved for earlier calls)
                 for m in mixed:
-                    if rates[m]:
-                        row = torch.empty(shape).uniform_(0.0, 1.0, generator=self.dropout_generators[m])
-                        torch.lt(row, self._keep(rates, self.device, 1)[m, 0], out=mask[m]).mul_(
-                            self._keep(rates, self.device, 1, inverse=True)[m, 0])
+                    row = torch.empty(shape).uniform_(0.0, 1.0, generator=self.dropout_generators[m])
+                    torch.lt(row, self._keep(rates, self.device, 1)[m, 0], out=mask[m]).mul_(
+                        self._keep(rates, self.device, 1, inverse=True)[m, 0])
                 return mask
             self._drawn = None                                # departed from the plan
         # The comparison written as floats: a bool result times 1 / (1 - p) gives the same bits
