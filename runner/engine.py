@@ -148,10 +148,7 @@ def check_run_dir(cfg, run_dir: Path, label: Optional[str] = None) -> Optional[d
     existing = read_json(Path(run_dir) / "run.json")
     if existing is not None:
         old, new = comparable(existing.get("config") or {}), comparable(plain_config(cfg))
-        if old != new and {**old, "device": 0} == {**new, "device": 0} and \
-                _device_kind(old.get("device")) == _device_kind(new.get("device")):
-            old = new      # the same kind of device: a sweep gives parallel jobs cuda:0, cuda:1, ...
-        if old != new:
+        if old != new and not _same_but_the_gpu(old, new):
             raise UserError(f"{label or f'run directory {run_dir}'} holds a run with another config "
                             f"({_differences(old, new)}); continue it with its own config, give this run "
                             f"another directory, or delete {run_dir} to start over")
@@ -159,10 +156,14 @@ def check_run_dir(cfg, run_dir: Path, label: Optional[str] = None) -> Optional[d
     return existing
 
 
-def _device_kind(name) -> str:
-    """cpu or cuda: what `device` a run resolves to, whichever GPU (auto resolved on this machine)."""
-    name = str(name)
-    return resolve_device("auto").type if name == "auto" else name.split(":")[0]
+def _same_but_the_gpu(old: dict, new: dict) -> bool:
+    """Comparable configs that differ at most in which GPU (a sweep gives parallel jobs cuda:0,
+    cuda:1, ...): `device` compared by kind, cpu or cuda, auto as it resolves on this machine."""
+    def kind(name) -> str:
+        name = str(name)
+        return resolve_device("auto").type if name == "auto" else name.split(":")[0]
+
+    return {**old, "device": None} == {**new, "device": None} and kind(old.get("device")) == kind(new.get("device"))
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> str:
