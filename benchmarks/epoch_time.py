@@ -2,7 +2,7 @@
 hand-written in-memory loop for the same model doing the same epoch (train loss and accuracy,
 validation; benchmarks/lean.py), measured interleaved in the same run, for the seed preset, the
 tied CNN (experiment=cnn_sharing) and LeNet (experiment=lenet); the seed preset also against a
-d2l-style loop (torchvision dataset + DataLoader). Also the cost of per-call-site capture for
+d2l-style loop (a torchvision-style dataset + DataLoader). Also the cost of per-call-site capture for
 the tied CNN (a training step with and without it).
 
     python benchmarks/epoch_time.py [--epochs 3] [--repeats 2] [--limit 20000]
@@ -84,17 +84,43 @@ def capture_cost(overrides, steps: int = 30) -> dict:
     return {"step_us_off": round(off), "step_us_capture": round(on), "capture_pct": round(100 * (on / off - 1), 1)}
 
 
+class _TorchvisionStyleFashionMNIST:
+    """What torchvision's FashionMNIST(transform=ToTensor()) does per example, inlined (paramlab no
+    longer depends on torchvision; a CPU-only torch has no build of it here): the uint8 image as a
+    PIL image, then ToTensor's conversion of a mode-'L' image (a copy, HWC -> CHW, / 255)."""
+
+    def __init__(self, raw: Path) -> None:
+        from runner.data import FILES, read_idx
+
+        import torch
+
+        self.data = torch.from_numpy(read_idx(raw / FILES["train_images"]))
+        self.targets = torch.from_numpy(read_idx(raw / FILES["train_labels"]).astype("int64"))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        img, target = self.data[i], int(self.targets[i])                      # FashionMNIST.__getitem__
+        img = Image.fromarray(img.numpy())                                        # (mode "L": 2-d uint8)
+        x = torch.from_numpy(np.array(img, np.uint8, copy=True)).view(28, 28, 1)  # ToTensor()
+        return x.permute(2, 0, 1).contiguous().to(torch.float32).div(255), target
+
+
 def d2l_style_epoch_seconds(epochs: int = 1, workers: int = 4) -> float:
-    """The seed notebook's way: torchvision FashionMNIST with ToTensor, a DataLoader with worker
-    processes, the tied PlotParameterMLP, torch.optim.SGD lr 0.1."""
+    """The seed notebook's way: torchvision's FashionMNIST with ToTensor (as above), a DataLoader
+    with worker processes, the tied PlotParameterMLP, torch.optim.SGD lr 0.1."""
     import torch
-    import torchvision
     from torch import nn
-    from torchvision import transforms
+
+    from runner.data import locate
 
     torch.manual_seed(0)
-    ds = torchvision.datasets.FashionMNIST(str(ROOT / "data"), train=True, download=False,
-                                           transform=transforms.ToTensor())
+    ds = _TorchvisionStyleFashionMNIST(locate(ROOT / "data", download=False))
     loader = torch.utils.data.DataLoader(ds, batch_size=256, shuffle=True, num_workers=workers)
     shared = nn.Linear(8, 8)
     net = nn.Sequential(nn.Flatten(), nn.Linear(784, 8), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(),

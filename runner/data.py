@@ -5,7 +5,8 @@ Where the data comes from, in order:
    decompress once next to them: the uncompressed files are the cache every later run reads);
 2. the Debian package `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist/*.gz`),
    decompressed into `<data.root>/FashionMNIST/raw/`;
-3. torchvision's download (needs internet);
+3. a download from FashionMNIST's own mirror, the one torchvision uses, each file checked
+   against its MD5 (needs internet; no torchvision: a CPU-only torch has no matching build of it);
 otherwise a UserError telling the user the exact command to get it.
 
 The whole set lives in memory as two tensors on the run's device; an epoch is a seeded
@@ -38,6 +39,14 @@ FILES = {
 MEAN, STD = 0.2860, 0.3530
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+# The dataset's mirror and the MD5 of each compressed file (both as torchvision's FashionMNIST has them).
+MIRROR = os.environ.get("PARAMLAB_FASHION_MNIST_MIRROR", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")
+MD5 = {
+    "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
+}
 FETCH_HINT = ("apt-get update && apt-get install -y dataset-fashion-mnist "
               "(or put the four FashionMNIST idx files in {raw})")
 
@@ -62,6 +71,26 @@ def _gunzip_into(src: Path, dst: Path) -> None:
         os.replace(tmp, dst / name)
 
 
+def _download_into(raw: Path) -> None:
+    """The four .gz files from MIRROR into raw/, each checked against MD5 before it is kept (a
+    partial or damaged download is never left under its name)."""
+    import hashlib
+    import urllib.request
+
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, md5 in MD5.items():
+        target = raw / f"{name}.gz"
+        if target.is_file() or (raw / name).is_file():
+            continue
+        with urllib.request.urlopen(MIRROR + f"{name}.gz", timeout=60) as response:
+            body = response.read()
+        if hashlib.md5(body).hexdigest() != md5:
+            raise ConnectionError(f"{name}.gz from {MIRROR} does not have the expected MD5")
+        tmp = raw / f".{name}.gz.tmp-{os.getpid()}"
+        tmp.write_bytes(body)
+        os.replace(tmp, target)
+
+
 def locate(root: str | os.PathLike, download: bool = True) -> Path:
     """Return the folder holding the four uncompressed idx files, making it if it can."""
     raw = raw_dir(root)
@@ -79,13 +108,10 @@ def locate(root: str | os.PathLike, download: bool = True) -> Path:
                         "choose a writable data.root") from None
     if download and not os.environ.get("PARAMLAB_NO_DOWNLOAD"):
         try:
-            from torchvision.datasets import FashionMNIST  # heavy import: only on this path
-
-            FashionMNIST(str(root), train=True, download=True)
-            FashionMNIST(str(root), train=False, download=True)
-            if _complete(raw):
-                return raw
-        except Exception:  # no network, blocked host, ...: fall through to the hint
+            _download_into(raw)
+            _gunzip_into(raw, raw)
+            return raw
+        except OSError:  # no network, a blocked host, a damaged download (all OSErrors): the hint
             pass
     raise UserError(f"FashionMNIST not found in data.root={str(root)!r} nor {DEBIAN_DIR}; get it with: "
                     + FETCH_HINT.format(raw=raw))

@@ -106,6 +106,30 @@ def test_gz_files_are_decompressed_once(tmp_path, data_root):
     assert data.load(tmp_path, None).n_train == 600
 
 
+def test_download_from_the_mirror(tmp_path, data_root, monkeypatch):
+    """Without the files and the Debian package the dataset is downloaded (here from a file://
+    mirror of the synthetic set), each file checked against its MD5: a file that fails the check
+    is not kept, and the command gets the hint instead."""
+    import gzip
+    import hashlib
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for f in (Path(data_root) / "FashionMNIST" / "raw").iterdir():
+        (mirror / (f.name + ".gz")).write_bytes(gzip.compress(f.read_bytes()))
+    md5 = {name: hashlib.md5((mirror / f"{name}.gz").read_bytes()).hexdigest() for name in data.FILES.values()}
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "nothing")
+    monkeypatch.setattr(data, "MIRROR", mirror.as_uri() + "/")
+    monkeypatch.delenv("PARAMLAB_NO_DOWNLOAD", raising=False)
+    monkeypatch.setattr(data, "MD5", {**md5, "t10k-labels-idx1-ubyte": "0" * 32})
+    raw = tmp_path / "bad" / "FashionMNIST" / "raw"
+    with pytest.raises(UserError, match="apt-get install -y dataset-fashion-mnist"):
+        data.locate(tmp_path / "bad")
+    assert not (raw / "t10k-labels-idx1-ubyte.gz").exists() and not list(raw.glob(".*tmp*"))
+    monkeypatch.setattr(data, "MD5", md5)
+    assert data.locate(tmp_path / "bad") == raw          # the files already checked are kept
+    assert data.load(tmp_path / "bad", None).n_train == 600
+
+
 def test_missing_dataset_message(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "nothing")
     with pytest.raises(UserError) as e:
