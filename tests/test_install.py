@@ -46,3 +46,28 @@ def test_wheel_runs_from_anywhere(installed, tmp_path, data_root):
     assert r.returncode == 0 and "unique parameters: 2650" in r.stdout, r.stderr
     r = _run(installed, tmp_path, str(installed / "bin" / "paramlab-report"), "grid")
     assert r.returncode == 0 and (tmp_path / "grid" / "report" / "report.html").is_file(), r.stderr
+
+
+def test_cpu_torch_choice(monkeypatch):
+    """`make install`'s choice of torch (tools/cpu_torch.py): without a GPU the newest `+cpu`
+    build inside pyproject.toml's range; with a GPU, PARAMLAB_TORCH=default, or no such build
+    offered, nothing (pip's default build)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cpu_torch", ROOT / "tools" / "cpu_torch.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.torch_range() == ">=2.11,<=2.14.1"
+    offered = ["2.15.0+cpu", "2.15.0", "2.14.1", "2.13.0+cpu", "2.12.0+cpu", "2.13.0", "2.10.0+cpu", "garbage"]
+    monkeypatch.setattr(tool, "offered_versions", lambda: offered)
+    monkeypatch.setattr(tool, "has_nvidia_gpu", lambda: False)
+    monkeypatch.delenv("PARAMLAB_TORCH", raising=False)
+    assert tool.cpu_requirement() == "torch==2.13.0+cpu"
+    monkeypatch.setenv("PARAMLAB_TORCH", "default")
+    assert tool.cpu_requirement() == ""
+    monkeypatch.delenv("PARAMLAB_TORCH")
+    monkeypatch.setattr(tool, "has_nvidia_gpu", lambda: True)
+    assert tool.cpu_requirement() == ""
+    monkeypatch.setattr(tool, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(tool, "offered_versions", lambda: ["2.14.1", "2.13.0"])
+    assert tool.cpu_requirement() == ""
