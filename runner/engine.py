@@ -419,11 +419,9 @@ class _Group:
                 # At most one epoch of files in flight: wait for the previous one, fail members whose files failed.
                 self._collect(writer, status, optimizer)
                 for m in [m for m in active if status[m] == "running"]:
-                    if m in writes:
-                        writer.submit(m, writes[m])
                     writer.submit(m, self._commit(m, epoch, (train_loss[m], train_acc[m], val_loss[m], val_acc[m]),
                                                   t_epoch, t_start, members, optimizer,
-                                                  generators[int(member_group[m])], totals, recorder))
+                                                  generators[int(member_group[m])], totals, recorder, writes.get(m)))
                 if k == 1 and status[0] == "running":
                     bar.set_postfix(loss=f"{train_loss[0]:.4f}", val_acc=f"{val_acc[0]:.4f}")
             self._collect(writer, status, optimizer)
@@ -521,11 +519,12 @@ class _Group:
         return [s.get("limit") for s in states]
 
     def _commit(self, m: int, epoch: int, metrics, t_epoch: float, t_start: float, members, optimizer, generator,
-                totals, recorder):
-        """Member m's end of epoch for the writer (after the member's params/, tensors/ and
-        activations/ files): a function that encodes its metrics file, its checkpoint and run.json
-        and returns the function that writes them in that order. The state is copied to the host
-        now; run.json's fields change only once the files are written."""
+                totals, recorder, tables=None):
+        """Member m's end of epoch for the writer: a function that encodes its snapshot files
+        (`tables`: the recorder's function for params/, tensors/ and activations/, if a snapshot
+        epoch), its metrics file, its checkpoint and run.json, and returns the function that writes
+        them in that order, durable together (snapshot.durable_together: run.json last). The state
+        is copied to the host now; run.json's fields change only once the files are written."""
         import torch
 
         from . import checkpoint, snapshot
@@ -545,6 +544,7 @@ class _Group:
             "limit": totals.limit_of(m), "previous": previous}
 
         def prepare():
+            snapshot_files = tables() if tables is not None else None
             metrics = snapshot.prepare_table(run_dir, "metrics", epoch, {
                 "epoch": [epoch] * 4, "split": ["train", "train", "val", "val"],
                 "metric": ["loss", "acc", "loss", "acc"], "value": [train_loss, train_acc, val_loss, val_acc]})
@@ -553,10 +553,13 @@ class _Group:
             run_json = snapshot.prepare_json(run_dir / "run.json", public)
 
             def write() -> None:
-                metrics()
-                saved()
+                with snapshot.durable_together():
+                    if snapshot_files is not None:
+                        snapshot_files()
+                    metrics()
+                    saved()
+                    run_json()
                 info.update(fields)
-                run_json()
 
             return write
 
@@ -631,7 +634,8 @@ class _Group:
 
 class _Writer:
     """Writes run files in background threads so training goes on while they reach the disk
-    (each file: temp name, fsync, rename, fsync of the folder). What is submitted is a member's
+    (each file: temp name, fsync, rename, fsync of the folder; an epoch's files durable together, two
+    syncs: snapshot.durable_together). What is submitted is a member's
     `prepare()`, which encodes its files (Arrow tables, Parquet bytes, the checkpoint, JSON: CPU
     and the GIL) and returns the function that writes them (file system calls, which free the GIL).
     With `encode_here` (the CPU) the encoding runs at once in the submitting (training) thread and

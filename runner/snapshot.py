@@ -8,7 +8,8 @@ Layout of a run directory (see the README for every column):
     activations/epoch-0000.parquet  per hidden layer: mean, var, frac_dead, ...
 
 Every file is written to a temporary name starting with "." (readers skip those), fsynced,
-renamed into place, and the directory fsynced: a killed run leaves only whole files.
+renamed into place, and the directory fsynced: a killed run leaves only whole files. An epoch's
+files reach the disk together (`durable_together`): two syncs of the file system for all of them.
 
 This module imports no torch at import time: the report reads runs through it.
 """
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -65,18 +68,95 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write through `write(fileobj)` to a hidden temp name, fsync, rename into place, fsync the dir."""
+    """Write through `write(fileobj)` to a hidden temp name, fsync, rename into place, fsync the dir
+    (inside `durable_together`: the temp name only, the rest at the block's end)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    group = getattr(_GROUP, "files", None)
     try:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if group is None:
+                f.flush()
+                os.fsync(f.fileno())
+        if group is not None:
+            group.append((tmp, path))
+            return
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+_GROUP = threading.local()      # .files: [(temp, path)] written in this thread's durable_together block
+
+
+@contextmanager
+def durable_together():
+    """The files written in this block (by this thread: write_bytes, prepare_table's and
+    prepare_json's functions) reach the disk together. Each goes to its temp name now, unsynced;
+    at the block's end one sync of the file system makes all their data durable, they are renamed
+    into place in the order written, except the last, then a second sync makes those names durable,
+    and only then the last is renamed: the last (an epoch's run.json) never names an epoch whose
+    files are not on disk, even after a power loss, as with a sync per file. An epoch's six files
+    (params, tensors, activations, metrics, checkpoint, run.json) took 12 fsyncs, file and folder
+    each: the writer threads' ~2400 system calls in a 9+9-member grid, which cost its command ~0.3 s
+    (measured without them: the training threads wait for the GIL after each). Without syncfs (not
+    Linux) the files are written one by one, as outside the block. An exception removes the temp
+    files not yet renamed."""
+    if getattr(_GROUP, "files", None) is not None or _syncfs() is None:
+        yield
+        return
+    files: List[tuple] = []
+    _GROUP.files = files
+    try:
+        yield
+        _GROUP.files = None
+        if files:
+            _sync_filesystem(files[0][1].parent)
+            for tmp, path in files[:-1]:
+                os.replace(tmp, path)
+            if len(files) > 1:
+                _sync_filesystem(files[0][1].parent)
+            os.replace(*files[-1])
+    except BaseException:
+        for tmp, _ in files:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _GROUP.files = None
+
+
+_SYNCFS: list = []
+
+
+def _syncfs():
+    """libc's syncfs (Linux), or None."""
+    if not _SYNCFS:
+        fn = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                fn = ctypes.CDLL(None, use_errno=True).syncfs
+                fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+            except (OSError, AttributeError):
+                fn = None
+        _SYNCFS.append(fn)
+    return _SYNCFS[0]
+
+
+def _sync_filesystem(folder: Path) -> None:
+    """Everything written to the file system holding `folder` reaches the disk (syncfs)."""
+    import ctypes
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        if _syncfs()(fd) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno), str(folder))
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -198,6 +198,39 @@ def test_disk_full_fails_cleanly_and_keeps_earlier_epochs(make_cfg, tmp_path, mo
     assert not [f for f in (tmp_path / "r" / "params").iterdir() if f.name.startswith(".")]
 
 
+def test_an_epochs_files_are_durable_together(make_cfg, tmp_path, monkeypatch):
+    """Each epoch's files: written to temp names, one sync of the file system, renamed in order
+    but run.json, a second sync, then run.json: it never names an epoch whose files could still
+    be lost (snapshot.durable_together). A failure inside the block leaves no file, whole or half."""
+    import os
+    if snapshot._syncfs() is None:
+        pytest.skip("no syncfs here")
+    events = []
+    sync, replace = snapshot._sync_filesystem, os.replace
+    monkeypatch.setattr(snapshot, "_sync_filesystem", lambda folder: (events.append("sync"), sync(folder)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(os.path.relpath(b, tmp_path / "r")), replace(a, b)))
+    run(make_cfg("trainer.epochs=2", "snapshot.tensors=true"), tmp_path / "r")
+    for epoch in (1, 2):
+        name = f"epoch-{epoch:04d}.parquet"
+        start = events.index(f"params/{name}") - 1
+        assert events[start:start + 8] == ["sync", f"params/{name}", f"tensors/{name}", f"activations/{name}",
+                                           f"metrics/{name}", "checkpoint.pt", "sync", "run.json"]
+    assert events.count("sync") == 4
+
+    folder = tmp_path / "group"
+    folder.mkdir()
+    with pytest.raises(RuntimeError):
+        with snapshot.durable_together():
+            snapshot.write_bytes(folder / "a", b"1")
+            snapshot.write_bytes(folder / "b", b"2")
+            raise RuntimeError("a failure before the block's end")
+    assert list(folder.iterdir()) == []
+    with snapshot.durable_together():
+        snapshot.write_bytes(folder / "a", b"1")
+        assert list(folder.iterdir()) == [folder / f".a.tmp-{os.getpid()}"]   # not visible yet
+    assert (folder / "a").read_bytes() == b"1" and len(list(folder.iterdir())) == 1
+
+
 def test_sigkill_mid_run_leaves_whole_files(data_root, tmp_path):
     import subprocess
     import sys
