@@ -100,8 +100,9 @@ def durable_together():
     and only then the last is renamed: the last (an epoch's run.json) never names an epoch whose
     files are not on disk, even after a power loss, as with a sync per file. An epoch's six files
     (params, tensors, activations, metrics, checkpoint, run.json) took 12 fsyncs, file and folder
-    each: the writer threads' ~2400 system calls in a 9+9-member grid, which cost its command ~0.3 s
-    (measured without them: the training threads wait for the GIL after each). Without syncfs (not
+    each: ~2400 fsyncs in the writer threads of a 9+9-member grid, whose kernel work and GIL
+    hand-overs took the training threads' cores (the command 0.2-0.47 s faster without them, in
+    alternated runs of ~7.2 s). Without syncfs (not
     Linux) the files are written one by one, as outside the block. An exception removes the temp
     files not yet renamed."""
     if getattr(_GROUP, "files", None) is not None or _syncfs() is None:
