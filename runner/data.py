@@ -107,12 +107,14 @@ def locate(root: str | os.PathLike, download: bool = True) -> Path:
         raise UserError(f"data.root={str(root)!r}: cannot write the decompressed dataset there ({e.strerror}); "
                         "choose a writable data.root") from None
     if download and not os.environ.get("PARAMLAB_NO_DOWNLOAD"):
+        import http.client
+
         try:
             _download_into(raw)
             _gunzip_into(raw, raw)
             return raw
-        except OSError:  # no network, a blocked host, a damaged download (all OSErrors): the hint
-            pass
+        except (OSError, http.client.HTTPException):  # no network, a blocked host, a cut or damaged
+            pass                                           # download: the hint
     raise UserError(f"FashionMNIST not found in data.root={str(root)!r} nor {DEBIAN_DIR}; get it with: "
                     + FETCH_HINT.format(raw=raw))
 
