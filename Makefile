@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# No NVIDIA GPU here: torch's CPU-only build when pip's sources offer one (tools/cpu_torch.py says
 	# why: every process imports torch ~0.45 s faster; 1 GB installed instead of 6)
+	# (an older .venv's torchvision, built for the CUDA torch, would no longer import: it goes)
 	@req="$$($(BIN)/python tools/cpu_torch.py)"; if [ -n "$$req" ]; then echo "installing $$req (no NVIDIA GPU)"; \
-	  $(BIN)/python -m pip install -q "$$req" || echo "$$req failed to install: pip's default torch instead"; fi
+	  $(BIN)/python -m pip install -q "$$req" && $(BIN)/python -m pip uninstall -q -y torchvision 2>/dev/null \
+	  || echo "$$req failed to install: pip's default torch instead"; fi
 	# compat: a plain path entry, so Hydra finds hydra_plugins/ (the ensemble launcher) from any folder
 	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)

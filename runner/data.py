@@ -60,14 +60,24 @@ def _complete(folder: Path) -> bool:
 
 
 def _gunzip_into(src: Path, dst: Path) -> None:
-    """Decompress src/*.gz into dst, each file written to a temp name and renamed."""
+    """Decompress src/*.gz into dst, each file written to a temp name and renamed; a damaged .gz
+    (a cut download) is a UserError naming it."""
+    import zlib
+
     dst.mkdir(parents=True, exist_ok=True)
     for name in FILES.values():
         if (dst / name).is_file():
             continue
         tmp = dst / f".{name}.tmp-{os.getpid()}"
-        with gzip.open(src / f"{name}.gz", "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
+        try:
+            with gzip.open(src / f"{name}.gz", "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"{src / name}.gz is damaged ({e or type(e).__name__}); delete it and run again") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, dst / name)
 
 
@@ -80,7 +90,7 @@ def _download_into(raw: Path) -> None:
     raw.mkdir(parents=True, exist_ok=True)
     for name, md5 in MD5.items():
         target = raw / f"{name}.gz"
-        if target.is_file() or (raw / name).is_file():
+        if (raw / name).is_file() or target.is_file() and hashlib.md5(target.read_bytes()).hexdigest() == md5:
             continue
         with urllib.request.urlopen(MIRROR + f"{name}.gz", timeout=60) as response:
             body = response.read()

@@ -553,7 +553,7 @@ class _Group:
             run_json = snapshot.prepare_json(run_dir / "run.json", public)
 
             def write() -> None:
-                with snapshot.durable_together():
+                with snapshot.durable_together(run_dir):
                     if snapshot_files is not None:
                         snapshot_files()
                     metrics()
@@ -757,6 +757,8 @@ def _clear_tables_after(run_dir: Path, epoch: int) -> None:
         folder = Path(run_dir) / table
         for f in folder.glob(".*") if folder.is_dir() else []:
             f.unlink()
+    for f in Path(run_dir).glob(".*.tmp-*"):  # a checkpoint's or run.json's temp file a kill left (the
+        f.unlink(missing_ok=True)              # directory is this process's: it holds its lock)
     forget(run_dir)          # what this process may hold of the run's files (compaction reads them)
 
 

@@ -88,54 +88,95 @@ def _atomic_write(path: Path, write) -> None:
     _fsync_dir(path.parent)
 
 
-_GROUP = threading.local()      # .files: [(temp, path)] written in this thread's durable_together block
+_GROUP = threading.local()      # .files: [(temp, path)], .after: [callables] of this thread's durable_together
 
 
 @contextmanager
-def durable_together():
+def durable_together(folder: Path):
     """The files written in this block (by this thread: write_bytes, prepare_table's and
-    prepare_json's functions) reach the disk together. Each goes to its temp name now, unsynced;
-    at the block's end one sync of the file system makes all their data durable, they are renamed
-    into place in the order written, except the last, then a second sync makes those names durable,
-    and only then the last is renamed: the last (an epoch's run.json) never names an epoch whose
-    files are not on disk, even after a power loss, as with a sync per file. An epoch's six files
-    (params, tensors, activations, metrics, checkpoint, run.json) took 12 fsyncs, file and folder
-    each: ~2400 fsyncs in the writer threads of a 9+9-member grid, whose kernel work and GIL
-    hand-overs took the training threads' cores (the command 0.2-0.47 s faster without them, in
-    alternated runs of ~7.2 s). Without syncfs (not
-    Linux) the files are written one by one, as outside the block. An exception removes the temp
-    files not yet renamed."""
-    if getattr(_GROUP, "files", None) is not None or _syncfs() is None:
-        yield
+    prepare_json's functions), all on the file system of `folder`, reach the disk together. Each
+    goes to its temp name now, unsynced; at the block's end one syncfs makes all their data
+    durable, they are renamed into place in the order written, except the last, then a second
+    syncfs makes those names durable, and only then the last is renamed: the last (an epoch's
+    run.json) never names an epoch whose files are not on disk, even after a power loss, as with
+    an fsync per file. An epoch's six files (params, tensors, activations, metrics, checkpoint,
+    run.json) took 12 fsyncs, file and folder each: ~2400 in the writer threads of a 9+9-member
+    grid, whose kernel work and GIL hand-overs took the training threads' cores (the command
+    0.2-0.47 s faster without them, in alternated runs of ~7.2 s).
+
+    Only where syncfs says what it did (`_syncfs_fd`): Linux >= 5.8 (before, it reported no write
+    error), on a local file system that journals its metadata in order (ext4, xfs, btrfs; tmpfs
+    needs no sync), with the file descriptor opened before the files are written (syncfs reports
+    the errors that happened after that). Elsewhere, or if syncfs fails as unsupported, every file
+    gets its own fsync as outside the block. An exception removes the temp files not yet renamed;
+    `after_commit` callbacks run only once the files are in place."""
+    if getattr(_GROUP, "files", None) is not None:
+        yield                                         # nested: part of the outer block
         return
+    fd = _syncfs_fd(folder)
     files: List[tuple] = []
-    _GROUP.files = files
+    after: List[Callable[[], None]] = []
+    _GROUP.files, _GROUP.after = (files if fd is not None else None), after
     try:
         yield
         _GROUP.files = None
         if files:
-            _sync_filesystem(files[0][1].parent)
-            for tmp, path in files[:-1]:
-                os.replace(tmp, path)
-            if len(files) > 1:
-                _sync_filesystem(files[0][1].parent)
-            os.replace(*files[-1])
+            if _sync_filesystem(fd, folder):
+                for tmp, path in files[:-1]:
+                    os.replace(tmp, path)
+                if len(files) > 1 and not _sync_filesystem(fd, folder):
+                    for parent in {path.parent for _, path in files[:-1]}:
+                        _fsync_dir(parent)
+                os.replace(*files[-1])
+            else:                                     # syncfs unsupported here after all
+                for tmp, path in files:
+                    _fsync_path(tmp)
+                    os.replace(tmp, path)
+                    _fsync_dir(path.parent)
+        for callback in after:
+            callback()
     except BaseException:
         for tmp, _ in files:
             tmp.unlink(missing_ok=True)
         raise
     finally:
-        _GROUP.files = None
+        _GROUP.files = _GROUP.after = None
+        if fd is not None:
+            os.close(fd)
 
 
+def after_commit(callback: Callable[[], None]) -> None:
+    """`callback` now, or inside durable_together once the block's files are in place."""
+    pending = getattr(_GROUP, "after", None)
+    if pending is None:
+        callback()
+    else:
+        pending.append(callback)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# File systems whose syncfs reaches the disk and whose journal keeps renames in order.
+SYNCFS_FILE_SYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs")
 _SYNCFS: list = []
+_FS_TYPES: Dict[str, Optional[str]] = {}
 
 
 def _syncfs():
-    """libc's syncfs (Linux), or None."""
+    """libc's syncfs on Linux >= 5.8, or None."""
     if not _SYNCFS:
         fn = None
-        if sys.platform.startswith("linux"):
+        try:
+            release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+        except (AttributeError, ValueError):
+            release = (0, 0)
+        if sys.platform.startswith("linux") and release >= (5, 8):
             try:
                 import ctypes
 
@@ -147,17 +188,49 @@ def _syncfs():
     return _SYNCFS[0]
 
 
-def _sync_filesystem(folder: Path) -> None:
-    """Everything written to the file system holding `folder` reaches the disk (syncfs)."""
-    import ctypes
+def _fs_type(folder: Path) -> Optional[str]:
+    """The type of the file system holding `folder` (/proc/self/mountinfo: the longest mount point
+    containing it), or None."""
+    key = os.path.realpath(folder)
+    if key not in _FS_TYPES:
+        best, kind = "", None
+        try:
+            with open("/proc/self/mountinfo") as f:
+                for line in f:
+                    fields = line.split()
+                    point = fields[4].replace("\\040", " ")
+                    inside = key == point or key.startswith(point.rstrip("/") + "/")
+                    if inside and len(point) >= len(best):
+                        best, kind = point, fields[fields.index("-") + 1]
+        except (OSError, ValueError, IndexError):
+            kind = None
+        _FS_TYPES[key] = kind
+    return _FS_TYPES[key]
 
-    fd = os.open(folder, os.O_RDONLY)
+
+def _syncfs_fd(folder: Path) -> Optional[int]:
+    """A descriptor of `folder` for syncfs, or None where syncfs is not to be relied on."""
+    if _syncfs() is None or _fs_type(folder) not in SYNCFS_FILE_SYSTEMS:
+        return None
     try:
-        if _syncfs()(fd) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, os.strerror(errno), str(folder))
-    finally:
-        os.close(fd)
+        return os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _sync_filesystem(fd: int, folder: Path) -> bool:
+    """Everything written to the file system of `fd` reaches the disk (syncfs). False if syncfs
+    turns out unsupported here (then never tried again); a write error raises."""
+    import ctypes
+    import errno
+
+    if _syncfs()(fd) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+        _SYNCFS[0] = None
+        return False
+    raise OSError(code, os.strerror(code), str(folder))
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -353,7 +426,7 @@ def prepare_table(run_dir: Path, table: str, epoch: int, columns: dict) -> Calla
     def write() -> None:
         _write_encoded(path, data)
         if table in COMPACT_TABLES:
-            _remember(str(path), rows)
+            after_commit(partial(_remember, str(path), rows))      # once the file is in place
 
     return write
 

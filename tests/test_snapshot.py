@@ -203,11 +203,11 @@ def test_an_epochs_files_are_durable_together(make_cfg, tmp_path, monkeypatch):
     but run.json, a second sync, then run.json: it never names an epoch whose files could still
     be lost (snapshot.durable_together). A failure inside the block leaves no file, whole or half."""
     import os
-    if snapshot._syncfs() is None:
-        pytest.skip("no syncfs here")
+    if snapshot._syncfs_fd(tmp_path) is None:
+        pytest.skip("no syncfs relied on here")
     events = []
     sync, replace = snapshot._sync_filesystem, os.replace
-    monkeypatch.setattr(snapshot, "_sync_filesystem", lambda folder: (events.append("sync"), sync(folder)))
+    monkeypatch.setattr(snapshot, "_sync_filesystem", lambda fd, folder: (events.append("sync"), sync(fd, folder))[1])
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(os.path.relpath(b, tmp_path / "r")), replace(a, b)))
     run(make_cfg("trainer.epochs=2", "snapshot.tensors=true"), tmp_path / "r")
     for epoch in (1, 2):
@@ -219,16 +219,24 @@ def test_an_epochs_files_are_durable_together(make_cfg, tmp_path, monkeypatch):
 
     folder = tmp_path / "group"
     folder.mkdir()
+    metrics = {"epoch": [1], "split": ["train"], "metric": ["loss"], "value": [0.5]}
     with pytest.raises(RuntimeError):
-        with snapshot.durable_together():
+        with snapshot.durable_together(folder):
             snapshot.write_bytes(folder / "a", b"1")
-            snapshot.write_bytes(folder / "b", b"2")
+            snapshot.prepare_table(folder, "metrics", 1, metrics)()
             raise RuntimeError("a failure before the block's end")
-    assert list(folder.iterdir()) == []
-    with snapshot.durable_together():
+    assert list(folder.iterdir()) == [folder / "metrics"] and list((folder / "metrics").iterdir()) == []
+    assert snapshot._take(str(snapshot.epoch_file(folder, "metrics", 1))) is None   # not kept for compaction
+    with snapshot.durable_together(folder):
         snapshot.write_bytes(folder / "a", b"1")
-        assert list(folder.iterdir()) == [folder / f".a.tmp-{os.getpid()}"]   # not visible yet
-    assert (folder / "a").read_bytes() == b"1" and len(list(folder.iterdir())) == 1
+        assert not (folder / "a").exists() and (folder / f".a.tmp-{os.getpid()}").exists()   # not visible yet
+    assert (folder / "a").read_bytes() == b"1" and len(list(folder.iterdir())) == 2
+
+    # Where syncfs is not relied on (another file system, an old kernel), each file as outside the block.
+    monkeypatch.setattr(snapshot, "_fs_type", lambda folder: "fuse")
+    with snapshot.durable_together(folder):
+        snapshot.write_bytes(folder / "c", b"3")
+        assert (folder / "c").read_bytes() == b"3"
 
 
 def test_sigkill_mid_run_leaves_whole_files(data_root, tmp_path):

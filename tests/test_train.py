@@ -106,6 +106,18 @@ def test_gz_files_are_decompressed_once(tmp_path, data_root):
     assert data.load(tmp_path, None).n_train == 600
 
 
+def test_damaged_gz_is_one_clear_error(tmp_path, data_root):
+    """A cut .gz (an interrupted download) is named in a UserError, not a traceback, and leaves no temp file."""
+    import gzip
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (Path(data_root) / "FashionMNIST" / "raw").iterdir():
+        (raw / (f.name + ".gz")).write_bytes(gzip.compress(f.read_bytes())[:200])
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte.gz is damaged .*; delete it and run again"):
+        data.locate(tmp_path, download=False)
+    assert not list(raw.glob(".*"))
+
+
 def test_download_from_the_mirror(tmp_path, data_root, monkeypatch):
     """Without the files and the Debian package the dataset is downloaded (here from a file://
     mirror of the synthetic set), each file checked against its MD5: a file that fails the check
