@@ -59,8 +59,9 @@ SCHEMAS: Dict[str, pa.Schema] = {
 
 # --------------------------------------------------------------------------- atomic files
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    """fsync of a file or folder by its path."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -85,7 +86,7 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    _fsync(path.parent)
 
 
 _GROUP = threading.local()      # .files: [(temp, path)], .after: [callables] of this thread's durable_together
@@ -126,13 +127,13 @@ def durable_together(folder: Path):
                     os.replace(tmp, path)
                 if len(files) > 1 and not _sync_filesystem(fd, folder):
                     for parent in {path.parent for _, path in files[:-1]}:
-                        _fsync_dir(parent)
+                        _fsync(parent)
                 os.replace(*files[-1])
             else:                                     # syncfs unsupported here after all
                 for tmp, path in files:
-                    _fsync_path(tmp)
+                    _fsync(tmp)
                     os.replace(tmp, path)
-                    _fsync_dir(path.parent)
+                    _fsync(path.parent)
         for callback in after:
             callback()
     except BaseException:
@@ -152,14 +153,6 @@ def after_commit(callback: Callable[[], None]) -> None:
         callback()
     else:
         pending.append(callback)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # File systems whose syncfs reaches the disk and whose journal keeps renames in order.
