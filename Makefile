@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# No NVIDIA GPU here: torch's CPU-only build when pip's sources offer one (tools/cpu_torch.py says
-	# why: every process imports torch ~0.45 s faster; 1 GB installed instead of 6)
+	# why: every process imports torch ~0.45 s faster; a new .venv is 1.4 GB instead of ~6)
 	# (an older .venv's torchvision, built for the CUDA torch, would no longer import: it goes)
 	@req="$$($(BIN)/python tools/cpu_torch.py)"; if [ -n "$$req" ]; then echo "installing $$req (no NVIDIA GPU)"; \
 	  $(BIN)/python -m pip install -q "$$req" && $(BIN)/python -m pip uninstall -q -y torchvision 2>/dev/null \

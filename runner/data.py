@@ -72,11 +72,11 @@ def _gunzip_into(src: Path, dst: Path) -> None:
         try:
             with gzip.open(src / f"{name}.gz", "rb") as fin, open(tmp, "wb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
-        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        except BaseException as e:
             tmp.unlink(missing_ok=True)
-            raise UserError(f"{src / name}.gz is damaged ({e or type(e).__name__}); delete it and run again") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+            if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)):
+                raise UserError(f"{src / name}.gz is damaged ({e or type(e).__name__}); delete it and run again") \
+                    from None
             raise
         os.replace(tmp, dst / name)
 

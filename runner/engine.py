@@ -483,6 +483,8 @@ class _Group:
         first = _public(info)
 
         def write() -> None:
+            for f in run_dir.glob(".*.tmp-*"):  # a checkpoint's or run.json's temp file a kill left (the
+                f.unlink(missing_ok=True)       # directory is this process's: it holds its lock)
             if start:
                 _clear_tables_after(run_dir, start)
                 shutil.rmtree(run_dir / "compact", ignore_errors=True)  # rewritten when the run ends
@@ -757,8 +759,6 @@ def _clear_tables_after(run_dir: Path, epoch: int) -> None:
         folder = Path(run_dir) / table
         for f in folder.glob(".*") if folder.is_dir() else []:
             f.unlink()
-    for f in Path(run_dir).glob(".*.tmp-*"):  # a checkpoint's or run.json's temp file a kill left (the
-        f.unlink(missing_ok=True)              # directory is this process's: it holds its lock)
     forget(run_dir)          # what this process may hold of the run's files (compaction reads them)
 
 

@@ -69,23 +69,26 @@ def _fsync(path: Path) -> None:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write through `write(fileobj)` to a hidden temp name, fsync, rename into place, fsync the dir
-    (inside `durable_together`: the temp name only, the rest at the block's end)."""
+    """Write through `write(fileobj)` to a hidden temp name, then `_place` it (inside
+    `durable_together`: the temp name only, the rest at the block's end)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     group = getattr(_GROUP, "files", None)
     try:
         with open(tmp, "wb") as f:
             write(f)
-            if group is None:
-                f.flush()
-                os.fsync(f.fileno())
         if group is not None:
             group.append((tmp, path))
             return
-        os.replace(tmp, path)
+        _place(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _place(tmp: Path, path: Path) -> None:
+    """A written temp file into place, durably: fsync, rename, fsync of the folder."""
+    _fsync(tmp)
+    os.replace(tmp, path)
     _fsync(path.parent)
 
 
@@ -111,7 +114,7 @@ def durable_together(folder: Path):
     the errors that happened after that). Elsewhere, or if syncfs fails as unsupported, every file
     gets its own fsync as outside the block. An exception removes the temp files not yet renamed;
     `after_commit` callbacks run only once the files are in place."""
-    if getattr(_GROUP, "files", None) is not None:
+    if getattr(_GROUP, "after", None) is not None:
         yield                                         # nested: part of the outer block
         return
     fd = _syncfs_fd(folder)
@@ -131,9 +134,7 @@ def durable_together(folder: Path):
                 os.replace(*files[-1])
             else:                                     # syncfs unsupported here after all
                 for tmp, path in files:
-                    _fsync(tmp)
-                    os.replace(tmp, path)
-                    _fsync(path.parent)
+                    _place(tmp, path)
         for callback in after:
             callback()
     except BaseException:
@@ -184,9 +185,8 @@ def _syncfs():
 def _fs_type(folder: Path) -> Optional[str]:
     """The type of the file system holding `folder` (/proc/self/mountinfo: the longest mount point
     containing it), or None."""
-    key = os.path.realpath(folder)
-    if key not in _FS_TYPES:
-        best, kind = "", None
+    if str(folder) not in _FS_TYPES:             # (asked once per run and epoch: cached by the name given)
+        key, best, kind = os.path.realpath(folder), "", None
         try:
             with open("/proc/self/mountinfo") as f:
                 for line in f:
@@ -197,8 +197,8 @@ def _fs_type(folder: Path) -> Optional[str]:
                         best, kind = point, fields[fields.index("-") + 1]
         except (OSError, ValueError, IndexError):
             kind = None
-        _FS_TYPES[key] = kind
-    return _FS_TYPES[key]
+        _FS_TYPES[str(folder)] = kind
+    return _FS_TYPES[str(folder)]
 
 
 def _syncfs_fd(folder: Path) -> Optional[int]:

@@ -15,8 +15,9 @@ from runner.sweep import job_runs
 
 from conftest import ROOT, run_cli
 
-# Dies (as if SIGKILLed) while writing one file of one epoch: the tables before it are on disk,
-# the checkpoint and run.json of that epoch are not.
+# Dies (as if SIGKILLed) while writing one file of one epoch: that epoch's files before it exist
+# only under temp names (snapshot.durable_together renames them together at the end), its
+# checkpoint and run.json not at all.
 KILL_AT = """
 import os, sys
 from runner import snapshot, checkpoint
@@ -63,7 +64,7 @@ def never_killed(tmp_path_factory, data_root):
 
 
 # A kill inside a table write of a snapshot-less epoch, and inside the checkpoint write that follows
-# a snapshot epoch's tables (those tables are on disk, written again when the run continues).
+# a snapshot epoch's tables (those tables are temp files, written again when the run continues).
 @pytest.mark.parametrize("kill_at", ["metrics/3", "checkpoint/4"])
 def test_killed_run_continues_bit_identical(tmp_path, data_root, kill_at, never_killed):
     args = ["-m", "runner.train", f"data.root={data_root}", *COMMON]
@@ -73,12 +74,15 @@ def test_killed_run_continues_bit_identical(tmp_path, data_root, kill_at, never_
     killed = json.loads((tmp_path / "k" / "run.json").read_text())
     done = int(kill_at.split("/")[1]) - 1
     assert killed["status"] == "running" and killed["epochs_completed"] == done
+    stale = tmp_path / "k" / ".run.json.tmp-1"          # as a kill in the rename window leaves one
+    stale.write_text("{")
     r = run_cli(*args, f"hydra.run.dir={tmp_path / 'k'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"paramlab: resuming {tmp_path / 'k'} after epoch {done} of 5" in r.stdout
     info = json.loads((tmp_path / "k" / "run.json").read_text())
     assert [e["from_epoch"] for e in info["resumed"]] == [done] and len(info["epoch_times_s"]) == 5
     assert not (tmp_path / "k" / "checkpoint.pt").exists()  # a completed run is never continued: no need
+    assert not stale.exists() and not list((tmp_path / "k").glob(".*.tmp-*"))
     _same(tmp_path / "k", never_killed)
 
 

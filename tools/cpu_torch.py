@@ -6,7 +6,7 @@ build is offered, or with PARAMLAB_TORCH=default, and pip then installs its defa
 Why: the default Linux wheel carries CUDA (~3 GB of libraries, which `import torch` loads in every
 process: measured here 1.5 s against 1.07 s for the CPU-only build, with the same per-epoch speed).
 A grid's ensemble processes each pay that import before they train; the whole 18-job preset
-command is ~0.45 s (~7%) faster with the CPU-only build. The install is 1 GB instead of 6.
+command is 0.25-0.5 s (4-7%) faster with the CPU-only build. A new .venv is 1.4 GB instead of ~6.
 
     python tools/cpu_torch.py          (run by the Makefile with the venv's python)
 """
