@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 
@@ -54,3 +55,102 @@ def run_cli(*args: str, cwd=None, timeout: float = 120, env_extra=None) -> subpr
     env.update(env_extra or {})
     return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+# User models (model=custom), written to the current directory as mymodels.py by `user_models`.
+MODELS = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+
+    class Gain(nn.Module):                       # a layer paramlab does not know (batched with vmap)
+        def __init__(self, n):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(n))
+
+        def forward(self, x):
+            return x * self.gain
+
+
+    class Net(nn.Module):
+        def __init__(self, width=16):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+            self.norm = nn.BatchNorm2d(2)
+            self.act = nn.ReLU()                 # one object after every layer: act, act#2, ...
+            self.fc1 = nn.Linear(2 * 28 * 28, width)
+            self.fc2 = nn.Linear(width, width)
+            self.fc3 = nn.Linear(width, width)
+            self.gain = Gain(width)
+            self.head = nn.Linear(width, 10)
+
+        def forward(self, x):
+            x = self.act(self.norm(self.conv(x))).flatten(1)
+            x = self.act(self.fc1(x))
+            x = self.act(self.fc2(x))
+            x = self.act(self.fc3(x))
+            return self.head(self.gain(x))
+
+
+    class Gains(nn.Module):                      # two of an unknown layer, for sharing.groups=[[g1,g2]]
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(784, 8)
+            self.g1, self.g2 = Gain(8), Gain(8)
+            self.out = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.out(torch.tanh(self.g2(torch.tanh(self.g1(self.inp(x.flatten(1)))))))
+
+
+    class Shared(nn.Module):                     # the seed's pattern: one Linear object at two paths
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(784, 8)
+            shared = nn.Linear(8, 8)
+            self.a, self.b = shared, shared
+            self.out = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.b(torch.relu(self.a(torch.relu(self.inp(x.flatten(1))))))))
+
+
+    class Twice(nn.Module):                      # one Linear object called twice from one path
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(784, 8)
+            self.fc = nn.Linear(8, 8)
+            self.out = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.out(self.fc(self.fc(self.inp(x.flatten(1)))))
+
+
+    class Swap(nn.Module):                       # every other training forward calls its dropouts b, c as c, b
+        def __init__(self, dropout=(0.2, 0.2, 0.2)):
+            super().__init__()
+            self.fc = nn.Linear(784, 16)
+            self.a, self.b, self.c = (nn.Dropout(float(p)) for p in dropout)
+            self.head = nn.Linear(16, 10)
+            self.calls = 0
+
+        def forward(self, x):
+            h = torch.relu(self.fc(x.flatten(1)))
+            self.calls += self.training
+            for dropout in (self.a, self.b, self.c) if self.calls % 2 else (self.a, self.c, self.b):
+                h = dropout(h)
+            return self.head(h)
+
+
+    def wrong_shape():
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 7))
+''')
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    (tmp_path / "mymodels.py").write_text(MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("mymodels", None)
