@@ -10,11 +10,12 @@ ends and added to a JSON file, so a section that fails or runs out of time loses
   off / statistics / statistics + tensors, against the 1024 MLP's fp32 FLOP estimate;
 - grid: the whole `lr_dropout_grid` command (18 jobs), ensemble launcher vs basic launcher.
 
-    python benchmarks/gpu.py [ensembles] [singles] [grid] [--out results_gpu.json] [--epochs 3]
+    python benchmarks/gpu.py [ensembles] [singles] [grid] [--out results_gpu.json] [--epochs 3] [--only "A|B"]
 """
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from common import make_cfg
 
 LRS = (0.02, 0.05, 0.1, 0.2)
+ONLY: list = []   # --only "A|B": the cases whose label holds A or B
 
 
 def seed_cfg(i: int, epochs: int, *over: str):
@@ -32,8 +34,9 @@ def seed_cfg(i: int, epochs: int, *over: str):
 
 
 def epoch_s(info: dict) -> float:
-    """The best epoch after the first (the first one warms up and records the graph)."""
-    return min(info["epoch_times_s"][1:])
+    """The median epoch after the first (the first one warms up and records the graph; each later
+    one also waits for the files of the one before)."""
+    return statistics.median(info["epoch_times_s"][1:])
 
 
 def ensemble(k: int, epochs: int, *over: str) -> dict:
@@ -71,6 +74,8 @@ def ensembles(epochs: int, out: dict) -> None:
         "16 jobs alone, graph, stats": (-16, "trainer.compile=true", "snapshot.tensors=false"),
     }
     for label, (k, *over) in cases.items():
+        if ONLY and not any(o in label for o in ONLY):
+            continue
         try:
             r = ensemble(k, epochs, *over) if k > 0 else alone(-k, epochs, *over)
         except Exception:
@@ -104,6 +109,8 @@ def singles(epochs: int, out: dict) -> None:
              "784-1024x3-10, graph, stats": mlp + ["snapshot.tensors=false", "trainer.compile=true"],
              "784-1024x3-10, graph, TF32, snapshots off": mlp + ["snapshot.enabled=false", "trainer.compile=true"]}
     for label, over in cases.items():
+        if ONLY and not any(o in label for o in ONLY):
+            continue
         torch.backends.cuda.matmul.allow_tf32 = "TF32" in label
         try:
             with tempfile.TemporaryDirectory() as d:
@@ -135,6 +142,7 @@ def main() -> dict:
     args = sys.argv[1:]
     path = Path(args[args.index("--out") + 1]) if "--out" in args else Path(__file__).parent / "results_gpu.json"
     epochs = int(args[args.index("--epochs") + 1]) if "--epochs" in args else 3
+    ONLY[:] = args[args.index("--only") + 1].split("|") if "--only" in args else []
     sections = [a for a in args if a in ("ensembles", "singles", "grid")] or ["ensembles", "singles", "grid"]
     out = json.loads(path.read_text()) if path.is_file() else {}
     out.update(gpu=torch.cuda.get_device_name(0), torch=torch.__version__)

@@ -418,10 +418,11 @@ class _Group:
                 writes = recorder.snapshot(epoch, steps, self.run_dirs, active) if snapshot_epoch else {}
                 # At most one epoch of files in flight: wait for the previous one, fail members whose files failed.
                 self._collect(writer, status, optimizer)
+                stacked = _stacked_state(members, optimizer, recorder, epoch, device)
                 for m in [m for m in active if status[m] == "running"]:
                     writer.submit(m, self._commit(m, epoch, (train_loss[m], train_acc[m], val_loss[m], val_acc[m]),
-                                                  t_epoch, t_start, members, optimizer,
-                                                  generators[int(member_group[m])], totals, recorder, writes.get(m)))
+                                                  t_epoch, t_start, stacked, members.dropout_generators[m],
+                                                  generators[int(member_group[m])], totals, writes.get(m)))
                 if k == 1 and status[0] == "running":
                     bar.set_postfix(loss=f"{train_loss[0]:.4f}", val_acc=f"{val_acc[0]:.4f}")
             self._collect(writer, status, optimizer)
@@ -520,30 +521,27 @@ class _Group:
                                      for i in range(len(members.params))]
         return [s.get("limit") for s in states]
 
-    def _commit(self, m: int, epoch: int, metrics, t_epoch: float, t_start: float, members, optimizer, generator,
-                totals, recorder, tables=None):
+    def _commit(self, m: int, epoch: int, metrics, t_epoch: float, t_start: float, stacked: dict, dropout_generator,
+                generator, totals, tables=None):
         """Member m's end of epoch for the writer: a function that encodes its snapshot files
         (`tables`: the recorder's function for params/, tensors/ and activations/, if a snapshot
         epoch), its metrics file, its checkpoint and run.json, and returns the function that writes
-        them in that order, durable together (snapshot.durable_together: run.json last). The state
-        is copied to the host now; run.json's fields change only once the files are written."""
-        import torch
-
+        them in that order, durable together (snapshot.durable_together: run.json last). Its state
+        is taken now, from `stacked` (_stacked_state's); run.json's fields change only once the files
+        are written."""
         from . import checkpoint, snapshot
 
         run_dir, info = self.run_dirs[m], self.infos[m]
         train_loss, train_acc, val_loss, val_acc = metrics
         fields = self._epoch_fields(m, epoch, metrics, t_epoch, t_start)
-        previous = None  # values at the last snapshot epoch, if that was not this one (for `update` rows)
-        if recorder is not None and recorder.previous is not None and recorder.previous_epoch != epoch:
-            previous = [t[m].detach().cpu().clone() for t in recorder.previous]
         state = {
-            "epoch": epoch, "params": [p[m].detach().cpu().clone() for p in members.params],
-            "buffers": {name: b[m].detach().cpu().clone() for name, b in members.buffers.items()},
-            "optim": optimizer.member_state(m),
-            "batch_rng": generator.get_state(), "dropout_rng": members.dropout_generators[m].get_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "limit": totals.limit_of(m), "previous": previous}
+            "epoch": epoch, "params": [p[m].clone() for p in stacked["params"]],
+            "buffers": {name: b[m].clone() for name, b in stacked["buffers"].items()},
+            "optim": stacked["optimizer"].member_state(m, stacked["optim"]),
+            "batch_rng": generator.get_state(), "dropout_rng": dropout_generator.get_state(),
+            "cuda_rng": stacked["cuda_rng"], "limit": totals.limit_of(m),
+            # values at the last snapshot epoch, if that was not this one (for `update` rows)
+            "previous": None if stacked["previous"] is None else [t[m].clone() for t in stacked["previous"]]}
 
         def prepare():
             snapshot_files = tables() if tables is not None else None
@@ -880,6 +878,24 @@ class _Totals:
 
     def limit_of(self, m: int) -> Optional[float]:
         return self.limits[m]
+
+
+def _stacked_state(members, optimizer, recorder, epoch: int, device) -> dict:
+    """What the members' checkpoints of this epoch are cut from: the (K, ...) parameters, buffers,
+    optimizer state and last snapshot's values. On a GPU they are copied to the host once for all
+    members (one copy per tensor; a copy per member and tensor was a host sync each, ~15-20 a member
+    for the seed preset); on the CPU they are the live tensors (each member's rows are cloned from them)."""
+    import torch
+
+    def out(ts):
+        return [t.detach().cpu() for t in ts]
+
+    previous = None
+    if recorder is not None and recorder.previous is not None and recorder.previous_epoch != epoch:
+        previous = out(recorder.previous)
+    return {"params": out(members.params), "buffers": dict(zip(members.buffers, out(members.buffers.values()))),
+            "optimizer": optimizer, "optim": optimizer.stacked_state(host=device.type == "cuda"),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, "previous": previous}
 
 
 class _GraphStep:

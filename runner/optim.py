@@ -124,15 +124,25 @@ class Optimizer:
         torch._foreach_addcmul_(self.values, ratio, self._per_member(step))
 
     # ------------------------------------------------------------------ checkpoints
-    def member_state(self, k: int) -> Dict[str, object]:
-        """Member k's optimizer state (tensors cloned, so saving stores only its rows)."""
+    def stacked_state(self, host: bool = False) -> Dict[str, object]:
+        """Every member's state: (K, ...) tensors, or a single run's own ones (`host`: copied to the
+        host, one copy per tensor; else the live tensors). member_state(k, this) takes k's rows."""
+        def out(ts):
+            return [t.cpu() for t in ts] if host else list(ts)
+
         state: Dict[str, object] = {"name": self.name, "t": int(self.t_device.item()) if self.on_device_step else self.t}
         if self.buffers is not None:
-            state["momentum_buffer"] = [self._row(b, k) for b in self.buffers]
+            state["momentum_buffer"] = out(self.buffers)
         if self.name == "adam":
-            state["exp_avg"] = [self._row(m, k) for m in self.exp_avg]
-            state["exp_avg_sq"] = [self._row(v, k) for v in self.exp_avg_sq]
+            state["exp_avg"], state["exp_avg_sq"] = out(self.exp_avg), out(self.exp_avg_sq)
         return state
+
+    def member_state(self, k: int, stacked: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+        """Member k's optimizer state (tensors cloned, so saving stores only its rows), from
+        `stacked` (stacked_state()'s, taken after the epoch's last step) or the live state."""
+        stacked = stacked or self.stacked_state()
+        return {key: [self._row(t, k) for t in value] if isinstance(value, list) else value
+                for key, value in stacked.items()}
 
     def load_member_states(self, states: Sequence[dict]) -> None:
         """Restore every member's state (all members continue from the same epoch)."""
