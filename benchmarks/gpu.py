@@ -144,12 +144,15 @@ def main() -> dict:
     epochs = int(args[args.index("--epochs") + 1]) if "--epochs" in args else 3
     ONLY[:] = args[args.index("--only") + 1].split("|") if "--only" in args else []
     sections = [a for a in args if a in ("ensembles", "singles", "grid")] or ["ensembles", "singles", "grid"]
-    out = json.loads(path.read_text()) if path.is_file() else {}
-    out.update(gpu=torch.cuda.get_device_name(0), torch=torch.__version__)
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    gpu = torch.cuda.get_device_name(0)                       # one entry per card and day
+    key = f"{(gpu.split() + [gpu])[1].lower()}_{time.strftime('%Y-%m-%d')}"
+    out = results.setdefault(key, {})
+    out.update(gpu=gpu, torch=torch.__version__)
     for name in sections:
         part = out.setdefault(name, {})
         globals()[name](epochs, part)
-        path.write_text(json.dumps(out, indent=2) + "\n")
+        path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(out))
     return out
 
