@@ -858,14 +858,73 @@ class VmapModule(_Batched):
         return type(out)(o.reshape(-1, *o.shape[2:]) for o in out)
 
 
+class BatchedElementwise(nn.Module):
+    """An activation whose CPU kernel rounds in its scalar tail otherwise than in its vectorised
+    body (sigmoid and SiLU here, others maybe elsewhere): on one batch of all members' rows, which
+    of a member's elements fall in a tail depends on the whole tensor's size and on where the
+    threads split it, so its bits would differ from its run alone's (seen: LeNet's sigmoids). Each
+    member's rows get their own call instead, the call of its run alone. A call that PyTorch splits
+    between threads where the pieces' blocks do not line up with one thread's (_split_moves) runs
+    on one thread, forward and backward, in an ensemble and alone: a one-thread worker's member then
+    equals its run alone on all cores (this is computed, not probed: a moved tail changes a few
+    elements, and only for some values). A function over the batch dimension (a softmax over
+    dim 0) also stays inside each member's rows."""
+
+    GRAIN = 32768   # ATen's internal::GRAIN_SIZE: a loop of fewer elements runs on one thread
+    BLOCK = 64      # elements; a multiple of the vectorised loop's step (2 vectors: 16 or 32 floats)
+
+    def __init__(self, members: Members, module: nn.Module, sites: List[str], templates):
+        super().__init__()
+        self.__dict__["members"] = members
+        self.__dict__["fn"] = module          # the template's own (stateless) module, not a submodule
+
+    def _split_moves(self, n: int) -> bool:
+        """Whether PyTorch's split of an n-element loop between its threads (parallel_for: the
+        threads that GRAIN allows, divup(n, threads) elements each) starts a piece off the
+        vectorised blocks of one thread's loop, moving a scalar tail."""
+        threads = min(torch.get_num_threads(), -(-n // self.GRAIN))
+        return threads > 1 and -(-n // threads) % self.BLOCK != 0
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
+        pinned = not x.is_cuda and self._split_moves(x.numel())
+        with one_thread(pinned):
+            y = self.fn(x)
+        if pinned:
+            _pin_backward(y)
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.members
+        if x.is_cuda and not self._over_batch(x):            # one kernel (no bit-equality on a GPU)
+            return self.fn(x)
+        if m.k == 1:
+            return self._one(x)
+        rows = m.member_view(x)
+        return torch.cat([self._one(rows[k]) for k in range(m.k)])
+
+    def _over_batch(self, x: torch.Tensor) -> bool:
+        """A softmax over the rows (dim 0, or no dim on a 1-d or 3-d input: PyTorch's legacy choice)."""
+        if not isinstance(self.fn, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
+            return False
+        dim = self.fn.dim
+        return dim is None and x.dim() in (1, 3) or dim is not None and dim % x.dim() == 0
+
+
+# Activations whose CPU kernels are exact in any part of their loops (max, compare, one multiply)
+# keep their one call on all members' rows; these get a call per member (BatchedElementwise).
+ELEMENTWISE = (nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Mish,
+               nn.LogSigmoid, nn.Hardswish, nn.Hardsigmoid, nn.Softsign, nn.Tanhshrink, nn.Softmax,
+               nn.LogSoftmax, nn.Softmin)
+
+
 KNOWN = {nn.Linear: BatchedLinear, nn.Conv2d: BatchedConv2d, nn.BatchNorm1d: BatchedBatchNorm,
          nn.BatchNorm2d: BatchedBatchNorm, nn.LayerNorm: BatchedLayerNorm,
-         nn.Dropout: BatchedDropout, nn.Dropout2d: BatchedDropout}
+         nn.Dropout: BatchedDropout, nn.Dropout2d: BatchedDropout, **{t: BatchedElementwise for t in ELEMENTWISE}}
 
 
 def _batch_modules(members: Members, templates: Sequence[nn.Module]):
-    """Replace, in template 0's tree, every module that owns parameters or draws dropout masks by
-    its batched twin (every path of a reused object gets the same twin). Returns (root, twins)."""
+    """Replace, in template 0's tree, every module that owns parameters, draws dropout masks or is
+    an activation in ELEMENTWISE by its batched twin (every path of a reused object gets the same twin). Returns (root, twins)."""
     model = templates[0]
     paths: Dict[int, List[str]] = {}
     for path, module in model.named_modules(remove_duplicate=False):
@@ -877,7 +936,7 @@ def _batch_modules(members: Members, templates: Sequence[nn.Module]):
             continue
         owns = any(p is not None for p in module._parameters.values())
         kind = KNOWN.get(type(module))
-        if kind is not None and (owns or kind is BatchedDropout):
+        if kind is not None and (owns or kind in (BatchedDropout, BatchedElementwise)):
             twins[id(module)] = kind(members, module, paths[id(module)], templates)
         elif owns:
             twins[id(module)] = VmapModule(members, module, paths[id(module)], templates)

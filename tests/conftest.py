@@ -142,6 +142,17 @@ MODELS = textwrap.dedent('''
             return self.head(h)
 
 
+    class BatchSoftmax(nn.Module):               # a softmax over the batch: each member's own rows
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(784, 10)
+            self.over_batch = nn.Softmax(dim=0)
+
+        def forward(self, x):
+            h = self.fc(x.flatten(1))
+            return h * self.over_batch(h)
+
+
     def wrong_shape():
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 7))
 ''')

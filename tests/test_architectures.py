@@ -253,3 +253,12 @@ def test_dropouts_called_in_varying_order_alone_and_together(user_models, make_c
         t = {(x["name"], x["kind"]): x["array"] for x in snapshot.read_tensors(tmp_path / f"a{i}", epoch=2)}
         for x in snapshot.read_tensors(tmp_path / f"e{i}", epoch=2):
             assert np.array_equal(x["array"], t[(x["name"], x["kind"])]), (drops[i], x["name"], x["kind"])
+
+
+def test_function_over_the_batch_stays_in_each_members_rows(user_models, make_cfg, tmp_path):
+    """nn.Softmax(dim=0) normalises over the batch: in an ensemble, over each member's own rows."""
+    over = ("model=custom", "model._target_=mymodels.BatchSoftmax", "data.limit=200")
+    cfgs = [make_cfg(*over, "optim.lr=0.05"), make_cfg(*over, "optim.lr=0.1", "seed=1")]
+    result = run_members(cfgs, [tmp_path / "e0", tmp_path / "e1"], ensemble=True)
+    for i, cfg in enumerate(cfgs):
+        assert result.infos[i]["final"] == run(cfg, tmp_path / f"a{i}")["final"]

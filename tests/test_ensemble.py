@@ -45,6 +45,10 @@ GRIDS = {
     "cnn-adam": (["model=cnn", "model.channels=[4,4,4]", "sharing=all_hidden", "optim=adam", "data.limit=300"],
                  [["seed=0", "optim.lr=0.01"], ["seed=1", "optim.lr=0.003", "optim.weight_decay=0.01"],
                   ["seed=0", "init=xavier", "model.dropout=0.2"]]),
+    # Sigmoids (LeNet's): on all members' rows at once, the split of 3 x 100 x 120 elements between
+    # two threads falls inside member 1, whose elements there took the kernel's scalar tail.
+    "lenet-sigmoid": (["model=lenet", "optim=adam", "data.batch_size=100"],
+                      [["seed=0", "optim.lr=0.001"], ["seed=0", "optim.lr=0.002"], ["seed=0", "optim.lr=0.003"]]),
 }
 
 
@@ -228,7 +232,10 @@ def test_dropout_drawn_ahead_gives_the_masks_drawn_call_by_call(make_cfg):
 
 
 @pytest.mark.parametrize("model", [["model.hidden=[8,8,8]", "sharing=all_hidden", "model.dropout=0.2"],
-                                   ["model.hidden=[10,16]"]])
+                                   ["model.hidden=[10,16]"],
+                                   # sigmoid on 100 x 350 elements: two threads split them at 17500, not a
+                                   # multiple of the kernel's vector block, so one thread rounds others
+                                   ["model.hidden=[350]", "model.activation=sigmoid", "data.batch_size=100"]])
 def test_one_thread_ensemble_equals_two_thread_runs(model, make_cfg, tmp_path):
     """The ensemble launcher's workers train with one thread each, a run alone with all cores:
     an MLP member must still equal its run alone, though MKL splits products of 5-11 rows
