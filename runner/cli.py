@@ -320,6 +320,8 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
 
         argv = resume_argv(argv, resume[0].split("=", 1)[1])
         multirun, overrides, _ = _split_argv(argv)
+    if command != "train" and multirun:
+        raise UserError(f"{command} shows one model and takes no -m/--multirun: drop it and give one value per key")
     multirun, jobs, base, swept, mode = expand_jobs(overrides, multirun)
     if command != "train":
         multirun, jobs = False, jobs[:1]

@@ -155,4 +155,6 @@ def test_inspect_command_counts_and_writes_nothing(tmp_path):
     assert "net.4.weight, net.7.weight" in r.stdout and "net.4, net.7" in r.stdout
     r = run_cli("-m", "runner.inspect", "experiment=lr_dropout_grid", cwd=tmp_path)  # a grid preset: no sweep
     assert r.returncode == 0 and "unique parameters: 6514" in r.stdout
+    r = run_cli("-m", "runner.inspect", "-m", "optim.lr=0.1,0.2", cwd=tmp_path)   # -m would train: refused
+    assert r.returncode == 2 and "takes no -m" in r.stderr and r.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
