@@ -225,7 +225,10 @@ def _hydra_mode(parsed, base: DictConfig):
 def _first_value(o) -> str:
     if not o.is_sweep_override():
         return o.input_line
-    value = next(iter(o.sweep_string_iterator()))
+    value = next(iter(o.sweep_string_iterator()), None)
+    if value is None:
+        raise UserError(f"{o.input_line}: this sweep has no values, so the grid has no jobs; give the key one "
+                        "value or more")
     return f"{o.get_key_element()}={value}"
 
 

@@ -53,6 +53,8 @@ CASES = [
     # preset is itself swept (Hydra reads the mode leaving sweeps out): guard() says so, not Hydra later.
     (["experiment=lr_dropout_grid,seed_sharing"], "Ambiguous value for argument 'experiment=lr_dropout_grid,seed_sharing'"),
     (["-m", "optim.lr=0.1,-1"], "optim.lr=-1.0 must be a finite number > 0, e.g. optim.lr=0.1 [job: data.root={root} optim.lr=-1]"),
+    (["-m", "seed=range(0,0)"], "seed=range(0,0): this sweep has no values, so the grid has no jobs; give the key one "
+     "value or more"),
 ]
 
 
