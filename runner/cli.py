@@ -270,14 +270,20 @@ def check_model(cfg) -> None:
 
 
 def check_writable(key: str, path: str) -> None:
-    """The run/sweep directory can be created: its nearest existing ancestor is a writable folder."""
+    """The run/sweep directory can be created: its nearest existing ancestor is a folder where a
+    folder can be made (tried: a probe folder made and removed; permissions alone do not say it,
+    e.g. under /proc or on a read-only mount, or for root)."""
+    if not path.strip():
+        raise UserError(f"{key} is empty; give a directory, e.g. {key}=outputs/my_run")
     p = Path(path).absolute()
     while not p.exists():
         p = p.parent
     if not p.is_dir():
         raise UserError(f"{key}={path}: cannot create it, {p} is not a directory; choose another path")
-    if not os.access(p, os.W_OK):
-        raise UserError(f"{key}={path}: cannot create it, {p} is not writable; choose another path")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".paramlab-probe-", dir=p))
+    except OSError as e:
+        raise UserError(f"{key}={path}: cannot create it in {p} ({e.strerror or e}); choose another path") from None
 
 
 class Plan:
@@ -339,9 +345,10 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
         command_overrides = [o for o in overrides if not hydra_override(o)]
         os.environ["PARAMLAB_SWEEP_DIR"] = sweep_dir(base.sweep.resume, command_overrides)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    target = Path(str(OmegaConf.select(COMPOSER.compose(jobs[0]) if multirun else base, key)))
+    raw = str(OmegaConf.select(COMPOSER.compose(jobs[0]) if multirun else base, key))
+    target = Path(raw)
     if command == "train":
-        check_writable(key, str(target))
+        check_writable(key, raw)
         if multirun:
             from .lock import check_unlocked
 

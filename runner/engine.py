@@ -748,7 +748,7 @@ def _has(model, path: str) -> bool:
 
 def _clear_tables_after(run_dir: Path, epoch: int) -> None:
     """Remove table files of epochs after `epoch` (written before a kill, not yet checkpointed)."""
-    from .snapshot import TABLES, epoch_files, epoch_of, forget
+    from .snapshot import TABLES, epoch_files, epoch_of, forget, own_file
 
     for table in TABLES:
         for f in epoch_files(run_dir, table):
@@ -756,7 +756,8 @@ def _clear_tables_after(run_dir: Path, epoch: int) -> None:
                 f.unlink()
         folder = Path(run_dir) / table
         for f in folder.glob(".*") if folder.is_dir() else []:
-            f.unlink()
+            if own_file(f.name):                # a temp file of ours; a user's own dotfile stays
+                f.unlink()
     forget(run_dir)          # what this process may hold of the run's files (compaction reads them)
 
 

@@ -464,13 +464,24 @@ def forget(run_dir: str | os.PathLike) -> None:
 
 
 def clear_tables(run_dir: Path) -> None:
-    """Remove every table file and compacted copy (for a run restarted into the same directory)."""
+    """Remove every table file and compacted copy (for a run restarted into the same directory):
+    the files paramlab names (own_file), none of a user's own in those folders."""
     for folder in [Path(run_dir) / table for table in TABLES] + [Path(run_dir) / "compact"]:
         if folder.is_dir():
             for f in folder.iterdir():
-                if f.suffix == ".parquet" or f.name.startswith("."):
+                if own_file(f.name, compact=folder.name == "compact"):
                     _take(str(f))
                     f.unlink()
+
+
+def own_file(name: str, compact: bool = False) -> bool:
+    """A name paramlab gives a table folder's file (`epoch-0007.parquet`; in compact/, a table's
+    `<table>.parquet`), or the hidden temp name of one while it is written (`.<name>.tmp-PID`)."""
+    if name.startswith(".") and ".tmp-" in name:
+        name = name[1:name.rindex(".tmp-")]
+    if compact:
+        return name in {f"{t}.parquet" for t in TABLES}
+    return name.startswith("epoch-") and name.endswith(".parquet") and name[6:-8].isdigit()
 
 
 # --------------------------------------------------------------------------- readers

@@ -53,6 +53,7 @@ CASES = [
     # preset is itself swept (Hydra reads the mode leaving sweeps out): guard() says so, not Hydra later.
     (["experiment=lr_dropout_grid,seed_sharing"], "Ambiguous value for argument 'experiment=lr_dropout_grid,seed_sharing'"),
     (["-m", "optim.lr=0.1,-1"], "optim.lr=-1.0 must be a finite number > 0, e.g. optim.lr=0.1 [job: data.root={root} optim.lr=-1]"),
+    (["hydra.run.dir="], "hydra.run.dir is empty; give a directory, e.g. hydra.run.dir=outputs/my_run"),
     (["-m", "seed=range(0,0)"], "seed=range(0,0): this sweep has no values, so the grid has no jobs; give the key one "
      "value or more"),
 ]
@@ -103,6 +104,16 @@ def test_resume_path_not_a_sweep(data_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         guard("train", ["-m", f"data.root={data_root}", f"sweep.resume={tmp_path}"])
     assert "is not a sweep directory (no readable sweep.json in it)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc")
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_a_directory_that_cannot_be_made_is_a_user_error(key, data_root, capsys):
+    """Permissions do not tell (root, /proc, a read-only mount): a probe folder is tried."""
+    with pytest.raises(SystemExit) as e:
+        guard("train", [f"data.root={data_root}", f"{key}=/proc/paramlab/run"] + (["-m"] if "sweep" in key else []))
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith(f"paramlab: error: {key}=/proc/paramlab/run: cannot create it in /proc (")
 
 
 def test_cli_errors_exit_2_no_traceback_nothing_created(tmp_path, data_root):

@@ -240,3 +240,20 @@ def test_member_losses_are_cross_entropy_and_do_not_depend_on_k(b):
         (loss * weight).sum().backward()
         assert torch.equal(loss[0], losses[m]) and torch.equal(alone.grad, logits.grad[m * b:(m + 1) * b])
         assert strides == [(1, b)]
+
+
+def test_a_run_into_a_folder_keeps_the_users_own_files(make_cfg, tmp_path):
+    """A run started in an existing folder clears only files paramlab names (a run restarted there
+    starts clean); a user's own files in its table folders stay."""
+    run_dir = tmp_path / "r"
+    mine = [run_dir / "metrics" / "my_important.parquet", run_dir / "params" / ".notes", run_dir / "compact" / "x.parquet"]
+    ours = [run_dir / "metrics" / "epoch-0009.parquet", run_dir / "tensors" / ".epoch-0009.parquet.tmp-123",
+            run_dir / "compact" / "params.parquet"]
+    for f in mine + ours:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"user data")
+    info = run(make_cfg(), run_dir)
+    assert info["status"] == "completed"
+    assert all(f.read_bytes() == b"user data" for f in mine)
+    assert not (run_dir / "metrics" / "epoch-0009.parquet").exists()
+    assert not (run_dir / "tensors" / ".epoch-0009.parquet.tmp-123").exists()
