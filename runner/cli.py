@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import UserError, one_line, register_configs
 from .launcher import register as register_launcher
-from .paths import override_key, register_resolvers
+from .paths import override_key, register_resolvers, why_not_creatable
 
 register_resolvers()
 register_configs()
@@ -270,20 +270,12 @@ def check_model(cfg) -> None:
 
 
 def check_writable(key: str, path: str) -> None:
-    """The run/sweep directory can be created: its nearest existing ancestor is a folder where a
-    folder can be made (tried: a probe folder made and removed; permissions alone do not say it,
-    e.g. under /proc or on a read-only mount, or for root)."""
+    """The run/sweep directory can be used or created (paths.why_not_creatable)."""
     if not path.strip():
         raise UserError(f"{key} is empty; give a directory, e.g. {key}=outputs/my_run")
-    p = Path(path).absolute()
-    while not p.exists():
-        p = p.parent
-    if not p.is_dir():
-        raise UserError(f"{key}={path}: cannot create it, {p} is not a directory; choose another path")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".paramlab-probe-", dir=p))
-    except OSError as e:
-        raise UserError(f"{key}={path}: cannot create it in {p} ({e.strerror or e}); choose another path") from None
+    reason = why_not_creatable(path)
+    if reason:
+        raise UserError(f"{key}={path}: cannot create it, {reason}; choose another path")
 
 
 class Plan:

@@ -14,6 +14,9 @@ import hashlib
 import json
 import os
 import re
+import tempfile
+from pathlib import Path
+from typing import Optional
 
 SWEEP_ROOT = "outputs/multirun"
 _UNSAFE = re.compile(r"[^A-Za-z0-9=.,_+\-\[\]]+")
@@ -73,3 +76,19 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("paramlab_uid", lambda: os.urandom(3).hex(), use_cache=True)
         OmegaConf.register_new_resolver("paramlab_sweep_dir", sweep_dir)
         OmegaConf.register_new_resolver("paramlab_job_dir", job_dir)
+
+
+def why_not_creatable(path: str) -> Optional[str]:
+    """Why folder `path` cannot be used or made (its nearest existing ancestor is not a folder, or
+    no folder can be made in it), or None. Tried with a probe folder made and removed: permissions
+    alone do not say it (under /proc, on a read-only mount, for root)."""
+    p = Path(path).absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".paramlab-probe-", dir=p))
+    except OSError as e:
+        return f"no folder can be made in {p} ({e.strerror or e})"
+    return None

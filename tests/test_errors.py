@@ -113,7 +113,8 @@ def test_a_directory_that_cannot_be_made_is_a_user_error(key, data_root, capsys)
     with pytest.raises(SystemExit) as e:
         guard("train", [f"data.root={data_root}", f"{key}=/proc/paramlab/run"] + (["-m"] if "sweep" in key else []))
     assert e.value.code == 2
-    assert capsys.readouterr().err.startswith(f"paramlab: error: {key}=/proc/paramlab/run: cannot create it in /proc (")
+    assert capsys.readouterr().err.startswith(f"paramlab: error: {key}=/proc/paramlab/run: cannot create it, no folder can be "
+                                              "made in /proc (")
 
 
 def test_cli_errors_exit_2_no_traceback_nothing_created(tmp_path, data_root):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner import snapshot
+from runner import paths, snapshot
 from runner.cli import guard
 from runner.sweep import job_runs
 
@@ -22,11 +22,15 @@ def test_output_dir_not_creatable(data_root, capsys, monkeypatch):
         guard("train", [f"data.root={data_root}", "hydra.run.dir=/dev/null/run"])
     assert e.value.code == 2
     assert capsys.readouterr().err == ("paramlab: error: hydra.run.dir=/dev/null/run: cannot create it, /dev/null "
-                                       "is not a directory; choose another path\n")
-    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a non-root user on a read-only folder
+                                       "is not a folder; choose another path\n")
+
+    def refused(**kwargs):                               # as a non-root user on a read-only folder
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(paths.tempfile, "mkdtemp", refused)
     with pytest.raises(SystemExit):
         guard("train", [f"data.root={data_root}", "-m", "seed=1,2", "hydra.sweep.dir=/tmp/ro/sweep"])
-    assert "hydra.sweep.dir=/tmp/ro/sweep: cannot create it, /tmp is not writable" in capsys.readouterr().err
+    assert ("hydra.sweep.dir=/tmp/ro/sweep: cannot create it, no folder can be made in /tmp (Permission denied)"
+            in capsys.readouterr().err)
 
 
 KILL_IN_WRITE = """

@@ -3,6 +3,7 @@ failed and a killed run, and two seeds of a tied/untied pair; every figure prese
 real PNG, strings escaped, groups and comparisons from the real runs."""
 import importlib
 import json
+import os
 import re
 import shutil
 
@@ -127,6 +128,21 @@ def test_report_cli_single_run_default_out(runs_tree, tmp_path):
     assert (target / "report" / "curves.png").is_file()
     r = run_cli("-m", "runner.report", str(tmp_path / "nothing_here"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("out", ["a_file", "a_file/report", "/proc/paramlab"])
+def test_report_out_that_cannot_be_a_folder(out, runs_tree, tmp_path, capsys):
+    """--out naming a file, or a place where no folder can be made: one line, exit 2, nothing written."""
+    from runner.report.cli import main
+    if out.startswith("/proc") and not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc")
+    (tmp_path / "a_file").write_text("mine")
+    out = out if out.startswith("/") else str(tmp_path / out)
+    with pytest.raises(SystemExit) as e:
+        main([str(runs_tree / "tied_lr0.1"), "--out", out])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(f"paramlab: error: --out {out}: cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"] and (tmp_path / "a_file").read_text() == "mine"
 
 
 def test_report_imports_no_torch(runs_tree, tmp_path):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..paths import why_not_creatable
 from . import stats
 from .figures import draw_all
 from .html import write_html
@@ -35,6 +36,11 @@ def build_report(paths: Sequence[str | os.PathLike], out: Optional[str | os.Path
     return write_html(exp, figures, out, runs, groups, comparisons)
 
 
+def _fail(message: str) -> None:
+    print(f"paramlab: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runner.report",
                                      description="HTML report for paramlab run or sweep directories.")
@@ -42,13 +48,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--out", help="output folder (default: PATH/report for one PATH, else outputs/report)")
     parser.add_argument("--table", action="store_true", help="also print the runs and groups tables")
     args = parser.parse_args(argv)
+    out = args.out if args.out else str(default_out(args.paths))
+    reason = why_not_creatable(out)
+    if reason:
+        _fail(f"--out {out}: cannot write the report there, {reason}; give another folder")
     try:
         path = build_report(args.paths, args.out)
     except FileNotFoundError as e:
-        what = e.args[0] if e.args else e
-        print(f"paramlab: error: {what}" if isinstance(what, str) else
-              f"paramlab: error: {what}: not found (give a run or sweep directory)", file=sys.stderr)
-        sys.exit(2)
+        what = e.args[0] if e.args else e           # our message, or the path not found
+        _fail(what if isinstance(what, str) and len(e.args) == 1 else
+              f"{e.filename or what}: not found (give a run or sweep directory)")
     if args.table:
         import pandas as pd
 
