@@ -236,6 +236,8 @@ def run_members(cfgs: Sequence, run_dirs: Sequence, overrides: Optional[Sequence
                 continue
             locks.append(DirLock(run_dir, "run directory").acquire())
             starts[i] = checkpoint.load(run_dir) if existing is not None else None
+            if starts[i] is not None:   # run.json's list also holds continuations killed before an epoch
+                starts[i]["resumed"] = existing.get("resumed") or []
             torch.manual_seed(cfg.seed)
             templates[i] = build(cfg)
             pending.append(i)
@@ -461,7 +463,10 @@ class _Group:
         run_dir, cfg = self.run_dirs[m], self.cfgs[m]
         if start:
             info = json.loads(self.starts[m]["info"])
-            info["resumed"] = list(info.get("resumed") or []) + [{"from_epoch": start, "at": _now()}]
+            # run.json's list, a superset of the checkpoint's copy (which has none of the continuations
+            # killed before they completed an epoch: each one counts)
+            before = max(info.get("resumed") or [], self.starts[m].get("resumed") or [], key=len)
+            info["resumed"] = list(before) + [{"from_epoch": start, "at": _now()}]
             _log(f"paramlab: resuming {run_dir} after epoch {start} of {int(cfg.trainer.epochs)}")
             if info.get("paramlab_version") != __version__:
                 _log(f"paramlab: {run_dir.name} was started by paramlab {info.get('paramlab_version')} and continues "

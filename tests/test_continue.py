@@ -74,13 +74,19 @@ def test_killed_run_continues_bit_identical(tmp_path, data_root, kill_at, never_
     killed = json.loads((tmp_path / "k" / "run.json").read_text())
     done = int(kill_at.split("/")[1]) - 1
     assert killed["status"] == "running" and killed["epochs_completed"] == done
+    continuations = [done]
+    if kill_at.startswith("metrics"):   # a continuation killed before it completes an epoch counts too
+        r = run_cli("-c", KILL_AT, *args[2:], f"hydra.run.dir={tmp_path / 'k'}", cwd=tmp_path,
+                    env_extra={"KILL_AT": kill_at})
+        assert r.returncode == 137 and "resuming" in r.stdout
+        continuations.append(done)
     stale = tmp_path / "k" / ".run.json.tmp-1"          # as a kill in the rename window leaves one
     stale.write_text("{")
     r = run_cli(*args, f"hydra.run.dir={tmp_path / 'k'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"paramlab: resuming {tmp_path / 'k'} after epoch {done} of 5" in r.stdout
     info = json.loads((tmp_path / "k" / "run.json").read_text())
-    assert [e["from_epoch"] for e in info["resumed"]] == [done] and len(info["epoch_times_s"]) == 5
+    assert [e["from_epoch"] for e in info["resumed"]] == continuations and len(info["epoch_times_s"]) == 5
     assert not (tmp_path / "k" / "checkpoint.pt").exists()  # a completed run is never continued: no need
     assert not stale.exists() and not list((tmp_path / "k").glob(".*.tmp-*"))
     _same(tmp_path / "k", never_killed)
