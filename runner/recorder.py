@@ -104,7 +104,8 @@ class Recorder:
         flat = torch.cat([rows[r][3].reshape(k, -1).float() for r in stored], 1).cpu().numpy() \
             if self.cfg.tensors else None
         outputs = activation_outputs(m, self.activation_x, self.layers)
-        act = activation_stats(m, outputs) if outputs else None
+        # A model with no activation modules still gets its activations/ file (no rows, its columns).
+        act = activation_stats(m, outputs) if outputs else np.zeros((k, 0, 4))
         layers = [(name, tuple(o.shape)) for name, o in outputs.items()]      # (K, B, units)
         rows = [(r[0], r[1], r[2], tuple(r[3].shape[1:])) for r in rows]        # host-side: no tensors
         kinds = {r: kind for r, (kind, _) in extra.items()}
@@ -127,8 +128,7 @@ def _prepare(run_dir: Path, epoch: int, member: int, rows, stats, picks, kinds, 
     writes = [snapshot.prepare_table(run_dir, "params", epoch, cols)]
     if flat is not None:
         writes.append(snapshot.prepare_table(run_dir, "tensors", epoch, tensors_columns(epoch, stored, flat[member])))
-    if act is not None:
-        writes.append(prepare_activations(run_dir, epoch, layers, act[member]))
+    writes.append(prepare_activations(run_dir, epoch, layers, act[member]))
 
     def write() -> None:
         for one in writes:

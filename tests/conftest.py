@@ -153,6 +153,15 @@ MODELS = textwrap.dedent('''
             return h * self.over_batch(h)
 
 
+    class NoActivationModules(nn.Module):        # activations called as functions: no activation rows
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(784, 16), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
     def wrong_shape():
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 7))
 ''')

@@ -262,3 +262,16 @@ def test_function_over_the_batch_stays_in_each_members_rows(user_models, make_cf
     result = run_members(cfgs, [tmp_path / "e0", tmp_path / "e1"], ensemble=True)
     for i, cfg in enumerate(cfgs):
         assert result.infos[i]["final"] == run(cfg, tmp_path / f"a{i}")["final"]
+
+
+def test_a_model_without_activation_modules_still_has_its_activation_files(user_models, make_cfg, tmp_path):
+    """activations/ holds one file per snapshot epoch, without rows, so the folder reads whole."""
+    from runner.report import build_report
+    info = run(make_cfg("model=custom", "model._target_=mymodels.NoActivationModules", "data.limit=200"),
+               tmp_path / "r")
+    assert info["status"] == "completed"
+    assert [p.name for p in snapshot.epoch_files(tmp_path / "r", "activations")] == [
+        "epoch-0000.parquet", "epoch-0001.parquet", "epoch-0002.parquet"]
+    acts = pd.read_parquet(tmp_path / "r" / "activations")
+    assert acts.empty and {"epoch", "layer", "units", "mean", "var", "frac_dead"} <= set(acts.columns)
+    assert build_report([tmp_path / "r"], tmp_path / "report").is_file()
