@@ -239,19 +239,22 @@ def check_job(cfg, checked_data: dict, need_data: bool = True) -> None:
 
     check_schema(cfg)
     validate(cfg)
-    if need_data:
-        from . import data
-
-        root = str(cfg.data.root)
-        if root not in checked_data:
-            data.locate(root)
-            checked_data[root] = data.dataset_size(root)
-        data.check_limit(cfg.data.limit, checked_data[root])
     resolve_device(cfg.device)
     if cfg.model.name == "custom":
         check_model(cfg)          # a user's model: built for real and run once
     else:
         build(cfg, device="meta")
+    if need_data:                 # last: finding the set may write it into data.root (decompressed, downloaded)
+        from . import data
+
+        root = str(cfg.data.root)
+        if root not in checked_data:
+            size = data.source_size(root)            # read where it lies: nothing written yet
+            if size is not None:
+                data.check_limit(cfg.data.limit, size)
+            data.locate(root)
+            checked_data[root] = data.dataset_size(root) if size is None else size
+        data.check_limit(cfg.data.limit, checked_data[root])
 
 
 def check_model(cfg) -> None:

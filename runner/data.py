@@ -102,10 +102,24 @@ def _download_into(raw: Path) -> None:
 
 
 def locate(root: str | os.PathLike, download: bool = True) -> Path:
-    """Return the folder holding the four uncompressed idx files, making it if it can."""
+    """Return the folder holding the four uncompressed idx files, making it if it can; if it
+    cannot, the folders it made for it are removed again (a failed command writes nothing)."""
     raw = raw_dir(root)
     if _complete(raw):
         return raw
+    made = [d for d in [raw, *raw.parents] if not d.exists()]    # innermost first
+    try:
+        return _locate(root, raw, download)
+    except BaseException:
+        for d in made:                                    # each only if still empty
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _locate(root: str | os.PathLike, raw: Path, download: bool) -> Path:
     try:
         if all((raw / f"{n}.gz").is_file() for n in FILES.values()):
             _gunzip_into(raw, raw)
@@ -216,6 +230,28 @@ def dataset_size(root: str | os.PathLike) -> int:
     with open(locate(root, download=False) / FILES["train_labels"], "rb") as f:
         f.read(4)
         return struct.unpack(">I", f.read(4))[0]
+
+
+def source_size(root: str | os.PathLike) -> Optional[int]:
+    """Number of training examples, read from the label file's header where locate() would take
+    the set from, writing nothing (a .gz read through gzip); None if only a download has it."""
+    name = FILES["train_labels"]
+    raw = raw_dir(root)
+    if _complete(raw):
+        opened = open(raw / name, "rb")
+    else:
+        folder = next((f for f in (raw, DEBIAN_DIR) if all((f / f"{n}.gz").is_file() for n in FILES.values())), None)
+        if folder is None:
+            return None
+        opened = gzip.open(folder / f"{name}.gz", "rb")
+    try:
+        with opened as f:
+            header = f.read(8)
+    except (OSError, EOFError) as e:
+        raise UserError(f"{getattr(opened, 'name', name)} cannot be read ({e}); delete it and run again") from None
+    if len(header) != 8:
+        raise UserError(f"{getattr(opened, 'name', name)} is cut short; delete it and run again")
+    return struct.unpack(">I", header[4:])[0]
 
 
 def load(root: str | os.PathLike, limit: Optional[int], device: "torch.device | str" = "cpu",

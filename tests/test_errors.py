@@ -134,3 +134,29 @@ def test_cli_errors_exit_2_no_traceback_nothing_created(tmp_path, data_root):
     assert not (tmp_path / "outputs").exists()
     assert sorted(os.listdir(existing)) == before
     assert json.loads((existing / "run.json").read_text()) == {"status": "completed"}
+
+
+@pytest.mark.parametrize("args", [["sharing=groups", "sharing.groups=[[net.1,net.4]]"], ["data.limit=100000"],
+                                  ["model.hidden=[8,8]", "init=per_layer", "init.rules=[{module: head, init: xavier}]"]])
+def test_a_mistake_writes_no_dataset_copy(args, data_root, tmp_path, capsys, monkeypatch):
+    """The set lies only compressed (as the Debian package has it): a command with a mistake ends
+    before decompressing it into data.root; without any copy of the set it leaves no folder there."""
+    import gzip
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    for name in data.FILES.values():
+        with open(data.raw_dir(data_root) / name, "rb") as src, gzip.open(debian / f"{name}.gz", "wb") as dst:
+            dst.write(src.read())
+    monkeypatch.setattr(data, "DEBIAN_DIR", debian)
+    monkeypatch.setenv("PARAMLAB_NO_DOWNLOAD", "1")
+    root = tmp_path / "new" / "data"
+    with pytest.raises(SystemExit) as e:
+        guard("train", [f"data.root={root}", *args])
+    assert e.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "new").exists()
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "none")          # no copy anywhere, no download
+    monkeypatch.setattr(data, "MIRROR", (tmp_path / "no_mirror").as_uri() + "/")
+    monkeypatch.delenv("PARAMLAB_NO_DOWNLOAD")
+    with pytest.raises(SystemExit):
+        guard("train", [f"data.root={root}"])
+    assert "FashionMNIST not found" in capsys.readouterr().err and not (tmp_path / "new").exists()
