@@ -428,3 +428,35 @@ def test_writer_survives_a_put_interrupted_before_it_counted_its_item():
     done.start()
     done.join(5)
     assert not done.is_alive() and written == [1, 2]
+
+
+def test_statistics_of_wide_rows_equal_each_members_own(make_cfg, tmp_path):
+    """A member's statistics of a 128 x 784 tensor (rows of 100352 values: two threads split the
+    reduction where the number of rows in the call says) are those of its run alone, bit for bit."""
+    import torch
+
+    from runner.batched import Members
+    from runner.engine import build
+    from runner.recorder import Recorder
+
+    cfg = make_cfg("model.hidden=[128]")
+
+    def model(i):                                           # Members takes over its templates: new ones
+        torch.manual_seed(i)
+        net, tie_map = build(cfg)
+        with torch.no_grad():
+            net.net[1].weight.normal_()                     # values like the ones seen 1 ulp apart
+        return net, tie_map
+
+    def params(idx, folder):
+        built = [model(i) for i in idx]
+        members = Members([b[0] for b in built], built[0][1], "cpu", [0] * len(idx))
+        recorder = Recorder(members, cfg.snapshot, torch.zeros(2, 1, 28, 28), [])
+        dirs = [tmp_path / folder / str(i) for i in idx]
+        for m, prepare in recorder.snapshot(0, 0, dirs, range(len(idx))).items():
+            prepare()()
+        return {i: snapshot.read_params(d) for i, d in zip(idx, dirs)}
+
+    together = params(list(range(6)), "together")
+    for i in range(6):
+        pd.testing.assert_frame_equal(together[i], params([i], f"alone{i}")[i], check_exact=True)
