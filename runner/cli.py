@@ -107,11 +107,23 @@ def describe_hydra_error(e: BaseException) -> str:
             return f"{group}={option}: no such option; choose one of: {allowed}"
         return text
     if isinstance(e, OverrideParseException):
-        return str(e).splitlines()[0]
+        lines = [line for line in str(e).splitlines() if not line.startswith(("See https://", "Error parsing override"))]
+        return (f"{getattr(e, 'override', None) or 'an override'}: cannot read it ({'; '.join(lines) or 'parse error'}); "
+                "check its brackets, quotes and commas, and quote a value holding '=' or ',' (e.g. "
+                "'hydra.run.dir=\"a=1,b\"')")
     cause: Optional[BaseException] = e
+    override = None                       # "Error merging override KEY=VALUE": the override at fault
     while cause is not None:
+        if str(cause).startswith("Error merging override "):
+            override = str(cause).splitlines()[0][len("Error merging override "):]
         if isinstance(cause, OmegaConfBaseException):
-            return describe_omegaconf_error(cause)
+            text = describe_omegaconf_error(cause)
+            key = str(getattr(cause, "full_key", None) or "")
+            if override and not text.startswith(override.split("=", 1)[0]) and (not key or key.isdigit()):
+                text = f"{override}: {text}"           # the error names no key of the config: say which
+            if override and override.startswith("sharing.groups=") and "ListConfig" in text:
+                text += " Each group is a list of paths: e.g. sharing.groups=[[net.4,net.7]]"
+            return text
         cause = cause.__cause__ or cause.__context__
     first = str(e).strip().splitlines()
     return first[0] if first else type(e).__name__

@@ -292,6 +292,8 @@ def describe_omegaconf_error(e: Exception) -> str:
         if parent:
             node = OmegaConf.select(node, parent)
         allowed = ", ".join(node.keys()) if isinstance(node, DictConfig) else ""
+        if not allowed:       # e.g. hydra.launcher.n_jobs with the basic launcher: no list to offer
+            return f"{key or msg}: unknown config key; {parent or 'the config'} has no such setting here"
         return f"{key or msg}: unknown config key; allowed keys{' in ' + parent if parent else ''}: {allowed}"
     import re
 

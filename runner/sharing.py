@@ -131,6 +131,8 @@ def tie(model: nn.Module, sharing_cfg) -> TieMap:
         if len(group) < 2:
             raise UserError(f"sharing.groups[{k}]={group} names fewer than 2 paths; a tie group needs 2 or more")
         for path in group:
+            if path in used and used[path] == k:
+                raise UserError(f"sharing.groups[{k}]={group} names {path!r} twice; name each path once")
             if path in used:
                 raise UserError(f"sharing.groups: {path!r} appears in more than one group; merge those groups into one")
             used[path] = k

@@ -54,6 +54,14 @@ CASES = [
     (["experiment=lr_dropout_grid,seed_sharing"], "Ambiguous value for argument 'experiment=lr_dropout_grid,seed_sharing'"),
     (["-m", "optim.lr=0.1,-1"], "optim.lr=-1.0 must be a finite number > 0, e.g. optim.lr=0.1 [job: data.root={root} optim.lr=-1]"),
     (["hydra.run.dir="], "hydra.run.dir is empty; give a directory, e.g. hydra.run.dir=outputs/my_run"),
+    (["model.hidden=[8,8"], "model.hidden=[8,8: cannot read it (no viable alternative at input '[8,8'); check its "
+     "brackets, quotes and commas, and quote a value holding '=' or ',' (e.g. 'hydra.run.dir=\"a=1,b\"')"),
+    (["sharing=groups", "sharing.groups=[net.4,net.7]"], "sharing.groups=[net.4,net.7]: Invalid value assigned: str is "
+     "not a ListConfig, list or tuple. Each group is a list of paths: e.g. sharing.groups=[[net.4,net.7]]"),
+    (["sharing=groups", "sharing.groups=[[net.4,net.4]]"],
+     "sharing.groups[0]=['net.4', 'net.4'] names 'net.4' twice; name each path once"),
+    (["-m", "hydra/launcher=basic", "hydra.launcher.n_jobs=1"],
+     "hydra.launcher.n_jobs: unknown config key; hydra.launcher has no such setting here"),
     (["-m", "seed=range(0,0)"], "seed=range(0,0): this sweep has no values, so the grid has no jobs; give the key one "
      "value or more"),
 ]
