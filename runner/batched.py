@@ -445,7 +445,7 @@ class BatchedLinear(_Batched):
         if pins is None:
             g = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype)
             forward = kind == "data" and threads_matter("wxt", torch.mm, w, x.t())
-            pins = self.pin_cache[key] = (forward, threads_matter("gtx", _gtx, g, x))
+            pins = self.pin_cache[key] = (forward, backward_pinned(g, x, None if kind == "data" else w))
         return pins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -525,6 +525,12 @@ def one_thread(pinned: bool):
         torch.set_num_threads(n)
 
 
+def backward_pinned(g: torch.Tensor, x: torch.Tensor, w: Optional[torch.Tensor]) -> bool:
+    """Whether a Linear's backward (weight gradient g^T x; input gradient g w, where w is given)
+    runs on one thread: where either product's bits depend on the thread count."""
+    return threads_matter("gtx", _gtx, g, x) or (w is not None and threads_matter("gw", torch.mm, g, w))
+
+
 def _pin_backward(h: torch.Tensor) -> None:
     """h's autograd node (a run alone's native Linear) computes its gradients on one thread."""
     n = torch.get_num_threads()
@@ -570,6 +576,14 @@ def _probe_key(name: str, tensors: Sequence[torch.Tensor]) -> tuple:
 
 _PROBE_GENERATOR = torch.Generator().manual_seed(0)
 _ALIGN = 64                                               # bytes: what a CPU tensor's storage is aligned to
+
+
+def own(t: torch.Tensor) -> torch.Tensor:
+    """Member m's block of a stacked tensor as its run alone holds the same values: in a tensor of its
+    own, whose storage starts 64-byte aligned (a fresh tensor's). A block that starts elsewhere (rows
+    x width not a multiple of 16 floats: 99 rows of 350) is copied, since MKL's products give other
+    bits for a misaligned operand (seen: a 10-class head on 99 x 350 rows)."""
+    return t if t.data_ptr() % _ALIGN == 0 else t.clone()
 
 
 def _misalignment(t: torch.Tensor) -> int:
@@ -630,7 +644,7 @@ class _DataLinear(torch.autograd.Function):
         xs = x.view(groups, rows, i)
         dw = db = None
         if ctx.needs_input_grad[1]:
-            with one_thread(threads_matter("gtx", _gtx, gs[0], xs[0])):
+            with one_thread(backward_pinned(gs[0], xs[0], None)):
                 if groups == k:
                     dw = exact("linear-data-dw-bmm", _bmm_gx, _loop_gx, gs, xs)
                 else:
@@ -638,18 +652,19 @@ class _DataLinear(torch.autograd.Function):
                              for gi, (s, e) in enumerate(spans)]
                     dw = torch.cat(parts) if len(parts) > 1 else parts[0]
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = exact("linear-data-db", lambda gs: gs.sum(1),
-                       lambda gs: torch.stack([gs[m].sum(0) for m in range(gs.shape[0])]), gs)
+            with one_thread(backward_pinned(gs[0], xs[0], None)):     # as the run alone's (pinned) node
+                db = exact("linear-data-db", lambda gs: gs.sum(1),
+                           lambda gs: torch.stack([own(gs[m]).sum(0) for m in range(gs.shape[0])]), gs)
         return None, dw, db, None
 
 
 # The products of _DataLinear: member by member (a run alone's), and two batched forms.
 # w (n, out, in), xs (n or 1, rows, in), bs (n, out, 1) or empty (no bias) -> (n, out, rows)
 def _loop_wxt(w, xs, bs):
-    x = [xs[m if xs.shape[0] > 1 else 0].t() for m in range(w.shape[0])]
+    x = [own(xs[m if xs.shape[0] > 1 else 0]).t() for m in range(w.shape[0])]
     if bs.numel() == 0:
-        return torch.stack([torch.mm(w[m], x[m]) for m in range(w.shape[0])])
-    return torch.stack([torch.addmm(bs[m], w[m], x[m]) for m in range(w.shape[0])])
+        return torch.stack([torch.mm(own(w[m]), x[m]) for m in range(w.shape[0])])
+    return torch.stack([torch.addmm(own(bs[m]), own(w[m]), x[m]) for m in range(w.shape[0])])
 
 
 def _bmm_wxt(w, xs, bs):
@@ -665,7 +680,7 @@ def _rows_wxt(w, xs, bs):   # the members' weights stacked into one product
 
 # gs (n, rows, out), xs (n or 1, rows, in) -> (n, out, in): each member's g^T x
 def _loop_gx(gs, xs):
-    return torch.stack([_gtx(gs[m], xs[m if xs.shape[0] > 1 else 0]) for m in range(gs.shape[0])])
+    return torch.stack([_gtx(own(gs[m]), own(xs[m if xs.shape[0] > 1 else 0])) for m in range(gs.shape[0])])
 
 
 def _bmm_gx(gs, xs):
@@ -694,26 +709,30 @@ class _LinearK(torch.autograd.Function):
                 else torch.bmm(x, w.transpose(1, 2))
         if b is None:
             return exact("linear-bmm", lambda x, w: torch.bmm(x, w.transpose(1, 2)),
-                         lambda x, w: torch.stack([F.linear(x[m], w[m]) for m in range(w.shape[0])]), x, w)
+                         lambda x, w: torch.stack([F.linear(own(x[m]), own(w[m])) for m in range(w.shape[0])]), x, w)
         return exact("linear-baddbmm", lambda x, w, b: torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)),
-                     lambda x, w, b: torch.stack([F.linear(x[m], w[m], b[m]) for m in range(w.shape[0])]), x, w, b)
+                     lambda x, w, b: torch.stack([F.linear(own(x[m]), own(w[m]), own(b[m])) for m in range(w.shape[0])]),
+                     x, w, b)
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         dx = dw = db = None
-        cuda = g.is_cuda
-        if ctx.needs_input_grad[0]:
-            dx = torch.bmm(g, w) if cuda else \
-                exact("linear-dx", torch.bmm, lambda g, w: torch.stack([g[m] @ w[m] for m in range(w.shape[0])]), g, w)
-        if ctx.needs_input_grad[1]:
-            if cuda:
-                dw = _bmm_gx(g, x)
-            else:
-                with one_thread(threads_matter("gtx", _gtx, g[0], x[0])):
-                    dw = exact("linear-dw", _bmm_gx, _loop_gx, g, x)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = g.sum(1)
+        if g.is_cuda:
+            dx = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
+            dw = _bmm_gx(g, x) if ctx.needs_input_grad[1] else None
+            db = g.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+            return dx, dw, db
+        # A run alone computes its whole Linear backward on one thread where its bits depend on the
+        # thread count (BatchedLinear._pins): so does each member, dx included.
+        with one_thread(backward_pinned(g[0], x[0], w[0])):
+            if ctx.needs_input_grad[0]:
+                dx = exact("linear-dx", torch.bmm,
+                           lambda g, w: torch.stack([own(g[m]) @ own(w[m]) for m in range(w.shape[0])]), g, w)
+            if ctx.needs_input_grad[1]:
+                dw = exact("linear-dw", _bmm_gx, _loop_gx, g, x)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                db = g.sum(1)
         return dx, dw, db
 
 
