@@ -256,17 +256,30 @@ def check_job(cfg, checked_data: dict, need_data: bool = True) -> None:
         check_model(cfg)          # a user's model: built for real and run once
     else:
         build(cfg, device="meta")
-    if need_data:                 # last: finding the set may write it into data.root (decompressed, downloaded)
+    if need_data:                 # the size read where the set lies: nothing written (prepare_data writes)
         from . import data
 
         root = str(cfg.data.root)
         if root not in checked_data:
-            size = data.source_size(root)            # read where it lies: nothing written yet
-            if size is not None:
-                data.check_limit(cfg.data.limit, size)
-            data.locate(root)
-            checked_data[root] = data.dataset_size(root) if size is None else size
-        data.check_limit(cfg.data.limit, checked_data[root])
+            checked_data[root] = data.source_size(root)          # None: only a download has the set
+        if checked_data[root] is not None:
+            data.check_limit(cfg.data.limit, checked_data[root])
+
+
+def prepare_data(checked_data: dict, configs: Sequence[DictConfig], jobs: Sequence[List[str]], multirun: bool) -> None:
+    """After every job's other checks passed: each data.root's set decompressed (or downloaded)
+    into it, so a command with a mistake in any job writes nothing; a set that only a download
+    gave has its size checked now."""
+    from . import data
+
+    for root, size in checked_data.items():
+        data.locate(root)
+        if size is None:
+            checked_data[root] = data.dataset_size(root)
+            for cfg, job in zip(configs, jobs):
+                if str(cfg.data.root) == root:
+                    with _naming(job if multirun and len(jobs) > 1 else None):
+                        data.check_limit(cfg.data.limit, checked_data[root])
 
 
 def check_model(cfg) -> None:
@@ -380,6 +393,8 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
             suffix = f" [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""
             raise UserError(describe_hydra_error(e) + suffix) from None
         plan.configs.append(cfg)
+    if command == "train":
+        prepare_data(checked_data, plan.configs, jobs, multirun)
     if multirun and command == "train":
         _HELD.append(DirLock(target, "sweep directory").acquire())   # held until this command ends
         from .sweep import write_sweep_json
@@ -390,6 +405,17 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
 
 
 _HELD: list = []
+
+
+@contextmanager
+def _naming(job: Optional[List[str]]):
+    """A UserError raised inside names the job it is about (a grid's)."""
+    try:
+        yield
+    except UserError as e:
+        if job is None:
+            raise
+        raise UserError(f"{e} [job: {' '.join(job)}]") from None
 
 
 def job_dir(cfg) -> Path:

@@ -59,6 +59,11 @@ def _complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in FILES.values())
 
 
+def ready(root: str | os.PathLike) -> bool:
+    """The set lies decompressed in data.root: loading it writes nothing."""
+    return _complete(raw_dir(root))
+
+
 def _gunzip_into(src: Path, dst: Path) -> None:
     """Decompress src/*.gz into dst, each file written to a temp name and renamed; a damaged .gz
     (a cut download) is a UserError naming it."""

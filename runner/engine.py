@@ -97,12 +97,15 @@ def preload_data(root: str, limit, device_name: str, background: bool = False) -
     """Load the CPU dataset into this process's cache ahead of its runs (~0.15-0.2 s): at once (an
     idle worker) or in a thread (the ensemble launcher's own process while it hands out the jobs;
     torch must be imported already, as two threads importing it at once can deadlock). Quiet: a
-    problem is for the run's own load to report."""
+    problem is for the run's own load to report. Only a set already decompressed in data.root:
+    this runs while the command's checks may still find a mistake, and then nothing is written."""
     def load() -> None:
+        from . import data
+
         try:
             device = resolve_device(device_name)
-            if device.type == "cpu":
-                _load_data(root, limit, device, download=False)   # never two processes downloading at once
+            if device.type == "cpu" and data.ready(root):
+                _load_data(root, limit, device, download=False)
         except Exception:
             pass
 

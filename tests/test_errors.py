@@ -145,7 +145,8 @@ def test_cli_errors_exit_2_no_traceback_nothing_created(tmp_path, data_root):
 
 
 @pytest.mark.parametrize("args", [["sharing=groups", "sharing.groups=[[net.1,net.4]]"], ["data.limit=100000"],
-                                  ["model.hidden=[8,8]", "init=per_layer", "init.rules=[{module: head, init: xavier}]"]])
+                                  ["model.hidden=[8,8]", "init=per_layer", "init.rules=[{module: head, init: xavier}]"],
+                                  ["-m", "optim.lr=0.1,-1"], ["-m", "data.limit=100,100000"]])   # a later job's mistake
 def test_a_mistake_writes_no_dataset_copy(args, data_root, tmp_path, capsys, monkeypatch):
     """The set lies only compressed (as the Debian package has it): a command with a mistake ends
     before decompressing it into data.root; without any copy of the set it leaves no folder there."""
@@ -161,6 +162,9 @@ def test_a_mistake_writes_no_dataset_copy(args, data_root, tmp_path, capsys, mon
     with pytest.raises(SystemExit) as e:
         guard("train", [f"data.root={root}", *args])
     assert e.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "new").exists()
+    from runner.engine import preload_data       # what a grid's workers do while the checks run
+    preload_data(str(root), None, "cpu")
     assert not (tmp_path / "new").exists()
     monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "none")          # no copy anywhere, no download
     monkeypatch.setattr(data, "MIRROR", (tmp_path / "no_mirror").as_uri() + "/")
