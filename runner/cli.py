@@ -297,6 +297,18 @@ def check_model(cfg) -> None:
         torch.random.set_rng_state(state)
 
 
+def check_launcher_settings(base: DictConfig) -> None:
+    """The grid's launcher and sweeper numbers: a UserError naming the key and the values it takes."""
+    def number(key: str, ok, allowed: str) -> None:
+        value = OmegaConf.select(base, key, default=None)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and ok(value)):
+            raise UserError(f"{key}={value!r} is not allowed; use {allowed}")
+
+    number("hydra.launcher.max_members", lambda v: v >= 1, "a whole number >= 1 (members per ensemble)")
+    number("hydra.launcher.n_jobs", lambda v: v != 0, "a whole number >= 1, or -1 for every core (-2: all but one)")
+    number("hydra.sweeper.max_batch_size", lambda v: v >= 1, "a whole number >= 1, or null for all jobs at once")
+
+
 def check_writable(key: str, path: str) -> None:
     """The run/sweep directory can be used or created (paths.why_not_creatable)."""
     if not path.strip():
@@ -356,6 +368,7 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
         multirun, jobs = False, jobs[:1]
     plan = Plan(multirun, jobs, [], base, argv, mode)
     if multirun:
+        check_launcher_settings(base)
         from .paths import sweep_dir
         from .sweep import MASTER_PID
 

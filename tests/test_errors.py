@@ -62,6 +62,12 @@ CASES = [
      "sharing.groups[0]=['net.4', 'net.4'] names 'net.4' twice; name each path once"),
     (["-m", "hydra/launcher=basic", "hydra.launcher.n_jobs=1"],
      "hydra.launcher.n_jobs: unknown config key; hydra.launcher has no such setting here"),
+    (["-m", "hydra.launcher.max_members=0"], "hydra.launcher.max_members=0 is not allowed; use a whole number >= 1 "
+     "(members per ensemble)"),
+    (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 is not allowed; use a whole "
+     "number >= 1, or -1 for every core (-2: all but one)"),
+    (["-m", "hydra.sweeper.max_batch_size=0"], "hydra.sweeper.max_batch_size=0 is not allowed; use a whole number >= 1, "
+     "or null for all jobs at once"),
     (["-m", "seed=range(0,0)"], "seed=range(0,0): this sweep has no values, so the grid has no jobs; give the key one "
      "value or more"),
 ]
