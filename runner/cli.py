@@ -205,10 +205,31 @@ COMPOSER = Composer()
 def expand_jobs(overrides: List[str], multirun: bool):
     """(is_multirun, job override lists, first config, swept keys, hydra.mode) as Hydra's basic
     sweeper expands them and as Hydra reads the mode."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    with _override_parser(overrides) as parser:
+        return _expand_jobs(parser, overrides, multirun)
+
+
+@contextmanager
+def _override_parser(overrides: List[str]):
+    """Hydra's override parser; with the config tree's loader where a sweep globs a group's
+    options (model=glob(*mlp)), as Hydra's own sweeper has it."""
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
+    if not any("glob(" in o for o in overrides):
+        yield OverridesParser.create()
+    elif GlobalHydra.instance().is_initialized():
+        yield OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    else:
+        from hydra import initialize_config_dir
+
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            yield OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+
+
+def _expand_jobs(parser, overrides: List[str], multirun: bool):
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
     parsed = parser.parse_overrides(overrides)
     COMPOSER.composed.clear()                 # a new command: the last one's job configs are not its
     # Compose once with the first value of each sweep to read the preset's hydra settings.

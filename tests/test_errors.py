@@ -68,6 +68,8 @@ CASES = [
      "number >= 1, or -1 for every core (-2: all but one)"),
     (["-m", "hydra.sweeper.max_batch_size=0"], "hydra.sweeper.max_batch_size=0 is not allowed; use a whole number >= 1, "
      "or null for all jobs at once"),
+    (["-m", "model=glob(zz*)"], "model=glob(zz*): this sweep has no values, so the grid has no jobs; give the key one "
+     "value or more"),
     (["-m", "seed=range(0,0)"], "seed=range(0,0): this sweep has no values, so the grid has no jobs; give the key one "
      "value or more"),
 ]

@@ -280,3 +280,11 @@ def test_pool_stops_once_its_last_ensemble_ends():
     while executor._processes and time.time() < deadline:
         time.sleep(0.02)
     assert executor._flags.shutdown and not executor._processes
+
+
+def test_a_glob_over_a_groups_options_expands_as_hydra_does():
+    from runner.cli import expand_jobs
+    multirun, jobs, _, swept, _ = expand_jobs(["model=glob(*mlp)", "seed=0,1"], True)
+    assert multirun and swept == ["model", "seed"]
+    assert jobs == [["model=mlp", "seed=0"], ["model=mlp", "seed=1"], ["model=nest_mlp", "seed=0"],
+                    ["model=nest_mlp", "seed=1"]]
