@@ -34,6 +34,7 @@ CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
                "--version", "--resolve", "--package", "-p", "--experimental-rerun"}
 _UNSUPPORTED = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+_ALONE_FLAGS = {"--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}   # Hydra: not with --multirun
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -237,6 +238,10 @@ def _expand_jobs(parser, overrides: List[str], multirun: bool):
     mode = _hydra_mode(parsed, base)
     multirun = multirun or str(mode) in ("RunMode.MULTIRUN", "MULTIRUN")
     if not multirun:
+        swept = next((o.input_line for o in parsed if o.is_sweep_override()), None)
+        if swept:
+            raise UserError(f"{swept} gives several values, which only a grid runs: give one value, or add -m to "
+                            "train them all (python -m runner.train -m ...)")
         return False, [overrides], COMPOSER.compose(overrides), [], mode
     params = base.hydra.sweeper.get("params") or {}
     preset = [f"{k}={v}" for k, v in params.items()]
@@ -374,6 +379,9 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
     from .lock import DirLock
 
     multirun, overrides, skip = _split_argv(argv)
+    shown = [a for a in argv if a.split("=")[0] in _ALONE_FLAGS]
+    if multirun and shown:
+        raise UserError(f"{shown[0]} shows one thing and cannot be combined with -m; drop one of them")
     if skip:
         return None
     resume = [o for o in overrides if o.startswith("sweep.resume=")]
@@ -385,6 +393,11 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
     if command != "train" and multirun:
         raise UserError(f"{command} shows one model and takes no -m/--multirun: drop it and give one value per key")
     multirun, jobs, base, swept, mode = expand_jobs(overrides, multirun)
+    if command != "train" and multirun:        # hydra.mode=MULTIRUN: Hydra would refuse the sweep in a run
+        with _override_parser(overrides) as parser:
+            several = [o.input_line for o in parser.parse_overrides(overrides) if o.is_sweep_override()]
+        if several:
+            raise UserError(f"{command} shows one model: {several[0]} gives several values; give one")
     if command != "train":
         multirun, jobs = False, jobs[:1]
     plan = Plan(multirun, jobs, [], base, argv, mode)

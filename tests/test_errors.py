@@ -51,7 +51,11 @@ CASES = [
      "net.1, net.4, net.7, net.10"),
     # A sweep without -m: a preset that sets hydra.mode=MULTIRUN does not make it one when the
     # preset is itself swept (Hydra reads the mode leaving sweeps out): guard() says so, not Hydra later.
-    (["experiment=lr_dropout_grid,seed_sharing"], "Ambiguous value for argument 'experiment=lr_dropout_grid,seed_sharing'"),
+    (["experiment=lr_dropout_grid,seed_sharing"], "experiment=lr_dropout_grid,seed_sharing gives several values, which "
+     "only a grid runs: give one value, or add -m to train them all (python -m runner.train -m ...)"),
+    (["optim.lr=0.1,0.2"], "optim.lr=0.1,0.2 gives several values, which only a grid runs: give one value, or add -m "
+     "to train them all (python -m runner.train -m ...)"),
+    (["-m", "optim.lr=0.1,0.2", "--cfg", "job"], "--cfg shows one thing and cannot be combined with -m; drop one of them"),
     (["-m", "optim.lr=0.1,-1"], "optim.lr=-1.0 must be a finite number > 0, e.g. optim.lr=0.1 [job: data.root={root} optim.lr=-1]"),
     (["hydra.run.dir="], "hydra.run.dir is empty; give a directory, e.g. hydra.run.dir=outputs/my_run"),
     (["model.hidden=[8,8"], "model.hidden=[8,8: cannot read it (no viable alternative at input '[8,8'); check its "

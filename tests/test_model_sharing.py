@@ -157,4 +157,6 @@ def test_inspect_command_counts_and_writes_nothing(tmp_path):
     assert r.returncode == 0 and "unique parameters: 6514" in r.stdout
     r = run_cli("-m", "runner.inspect", "-m", "optim.lr=0.1,0.2", cwd=tmp_path)   # -m would train: refused
     assert r.returncode == 2 and "takes no -m" in r.stderr and r.stderr.count("\n") == 1
+    r = run_cli("-m", "runner.inspect", "hydra.mode=MULTIRUN", "optim.lr=0.1,0.2", cwd=tmp_path)
+    assert r.returncode == 2 and "optim.lr=0.1,0.2 gives several values; give one" in r.stderr
     assert list(tmp_path.iterdir()) == []
