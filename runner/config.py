@@ -300,9 +300,16 @@ def describe_omegaconf_error(e: Exception) -> str:
     m = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", msg)
     if m and key:
         return f"{key}={m.group(1)!r} has the wrong type; expected {m.group(2).lower()}"
+    if key and "is not a ListConfig" in msg:
+        example = LIST_EXAMPLES.get(key)
+        return f"{key}: {msg.rstrip('.')}; give a list" + (f", e.g. {key}={example}" if example else "")
     if key:
         return f"{key}: {msg}"
     return msg
+
+
+LIST_EXAMPLES = {"model.hidden": "[8,8,8]", "model.channels": "[16,16,16]", "model.dropout": "[0.1,0.2,0.2]",
+                 "sharing.groups": "[[net.4,net.7]]", "init.rules": "[{module: first, init: xavier}]"}
 
 
 def validate(cfg: Any) -> None:

@@ -148,11 +148,17 @@ def check_run_dir(cfg, run_dir: Path, label: Optional[str] = None) -> Optional[d
     process; else its run.json (None if it has none). Creates nothing."""
     from .lock import check_unlocked
 
+    where = label or f"run directory {run_dir}"
+    if (Path(run_dir) / "sweep.json").is_file():
+        raise UserError(f"{where} is a sweep's directory; give this run a directory of its own")
     existing = read_json(Path(run_dir) / "run.json")
+    if existing is None and (Path(run_dir) / "run.json").is_file():
+        raise UserError(f"{where} holds a run.json that is not a run's (not JSON); give this run another directory, "
+                        f"or delete {Path(run_dir) / 'run.json'}")
     if existing is not None:
         old, new = comparable(existing.get("config") or {}), comparable(plain_config(cfg))
         if old != new and not _same_but_the_gpu(old, new):
-            raise UserError(f"{label or f'run directory {run_dir}'} holds a run with another config "
+            raise UserError(f"{where} holds a run with another config "
                             f"({_differences(old, new)}); continue it with its own config, give this run "
                             f"another directory, or delete {run_dir} to start over")
     check_unlocked(run_dir, "run directory")

@@ -31,6 +31,8 @@ CASES = [
     (["model.hidden=[8,0,8]"], "model.hidden=[8, 0, 8] has width 0; every width must be >= 1"),
     (["model.hidden=[[net.4,net.7]]"], "model.hidden has ['net.4', 'net.7']; every width must be a whole number, "
      "e.g. model.hidden=[8,8,8]"),
+    (["model.hidden=8"], "model.hidden: Invalid value assigned: int is not a ListConfig, list or tuple; give a list, "
+     "e.g. model.hidden=[8,8,8]"),
     (["model.activation=swish"], "model.activation='swish' is not allowed; choose one of: relu, tanh, gelu, sigmoid"),
     (["trainer.epochs=0"], "trainer.epochs=0 must be >= 1"),
     (["data.batch_size=0"], "data.batch_size=0 must be >= 1, e.g. data.batch_size=256"),
@@ -184,3 +186,18 @@ def test_a_mistake_writes_no_dataset_copy(args, data_root, tmp_path, capsys, mon
     with pytest.raises(SystemExit):
         guard("train", [f"data.root={root}"])
     assert "FashionMNIST not found" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_a_folder_that_is_not_a_runs_is_refused(data_root, tmp_path, capsys):
+    """A run.json that is not JSON, or a sweep's own folder: refused, nothing overwritten."""
+    garbage = tmp_path / "g"
+    garbage.mkdir()
+    (garbage / "run.json").write_text("garbage")
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text("{}")
+    for run_dir, said in ((garbage, "holds a run.json that is not a run's (not JSON)"), (sweep, "is a sweep's directory")):
+        with pytest.raises(SystemExit) as e:
+            guard("train", [f"data.root={data_root}", f"hydra.run.dir={run_dir}"])
+        assert e.value.code == 2 and said in capsys.readouterr().err
+    assert (garbage / "run.json").read_text() == "garbage" and sorted(p.name for p in sweep.iterdir()) == ["sweep.json"]
