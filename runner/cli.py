@@ -240,8 +240,8 @@ def _expand_jobs(parser, overrides: List[str], multirun: bool):
     if not multirun:
         swept = next((o.input_line for o in parsed if o.is_sweep_override()), None)
         if swept:
-            raise UserError(f"{swept} gives several values, which only a grid runs: give one value, or add -m to "
-                            "train them all (python -m runner.train -m ...)")
+            raise UserError(f"{swept} gives several values, which only a grid runs: give one value (a grid: "
+                            "python -m runner.train -m ...)")
         return False, [overrides], COMPOSER.compose(overrides), [], mode
     params = base.hydra.sweeper.get("params") or {}
     preset = [f"{k}={v}" for k, v in params.items()]

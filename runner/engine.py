@@ -152,8 +152,9 @@ def check_run_dir(cfg, run_dir: Path, label: Optional[str] = None) -> Optional[d
     if (Path(run_dir) / "sweep.json").is_file():
         raise UserError(f"{where} is a sweep's directory; give this run a directory of its own")
     existing = read_json(Path(run_dir) / "run.json")
-    if existing is None and (Path(run_dir) / "run.json").is_file():
-        raise UserError(f"{where} holds a run.json that is not a run's (not JSON); give this run another directory, "
+    if (Path(run_dir) / "run.json").exists() and not (isinstance(existing, dict)
+                                                      and isinstance(existing.get("config", {}), dict)):
+        raise UserError(f"{where} holds a run.json that is not a paramlab run's; give this run another directory, "
                         f"or delete {Path(run_dir) / 'run.json'}")
     if existing is not None:
         old, new = comparable(existing.get("config") or {}), comparable(plain_config(cfg))

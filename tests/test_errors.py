@@ -54,9 +54,9 @@ CASES = [
     # A sweep without -m: a preset that sets hydra.mode=MULTIRUN does not make it one when the
     # preset is itself swept (Hydra reads the mode leaving sweeps out): guard() says so, not Hydra later.
     (["experiment=lr_dropout_grid,seed_sharing"], "experiment=lr_dropout_grid,seed_sharing gives several values, which "
-     "only a grid runs: give one value, or add -m to train them all (python -m runner.train -m ...)"),
-    (["optim.lr=0.1,0.2"], "optim.lr=0.1,0.2 gives several values, which only a grid runs: give one value, or add -m "
-     "to train them all (python -m runner.train -m ...)"),
+     "only a grid runs: give one value (a grid: python -m runner.train -m ...)"),
+    (["optim.lr=0.1,0.2"], "optim.lr=0.1,0.2 gives several values, which only a grid runs: give one value (a grid: "
+     "python -m runner.train -m ...)"),
     (["-m", "optim.lr=0.1,0.2", "--cfg", "job"], "--cfg shows one thing and cannot be combined with -m; drop one of them"),
     (["-m", "optim.lr=0.1,-1"], "optim.lr=-1.0 must be a finite number > 0, e.g. optim.lr=0.1 [job: data.root={root} optim.lr=-1]"),
     (["hydra.run.dir="], "hydra.run.dir is empty; give a directory, e.g. hydra.run.dir=outputs/my_run"),
@@ -196,7 +196,12 @@ def test_a_folder_that_is_not_a_runs_is_refused(data_root, tmp_path, capsys):
     sweep = tmp_path / "s"
     sweep.mkdir()
     (sweep / "sweep.json").write_text("{}")
-    for run_dir, said in ((garbage, "holds a run.json that is not a run's (not JSON)"), (sweep, "is a sweep's directory")):
+    listed, folder = tmp_path / "l", tmp_path / "f"
+    listed.mkdir()
+    (listed / "run.json").write_text("[]")
+    (folder / "run.json").mkdir(parents=True)
+    not_a_run = "holds a run.json that is not a paramlab run's"
+    for run_dir, said in ((garbage, not_a_run), (listed, not_a_run), (folder, not_a_run), (sweep, "is a sweep's directory")):
         with pytest.raises(SystemExit) as e:
             guard("train", [f"data.root={data_root}", f"hydra.run.dir={run_dir}"])
         assert e.value.code == 2 and said in capsys.readouterr().err
