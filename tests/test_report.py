@@ -130,6 +130,14 @@ def test_report_cli_single_run_default_out(runs_tree, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
 
+def test_report_usage_mistake_is_one_line(capsys):
+    from runner.report.cli import main
+    with pytest.raises(SystemExit) as e:
+        main([])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("paramlab: error: the following arguments")
+
+
 @pytest.mark.parametrize("out", ["a_file", "a_file/report", "/proc/paramlab"])
 def test_report_out_that_cannot_be_a_folder(out, runs_tree, tmp_path, capsys):
     """--out naming a file, or a place where no folder can be made: one line, exit 2, nothing written."""

@@ -36,14 +36,19 @@ def build_report(paths: Sequence[str | os.PathLike], out: Optional[str | os.Path
     return write_html(exp, figures, out, runs, groups, comparisons)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:   # one line, as every paramlab mistake (argparse: usage + error)
+        _fail(f"{message}; usage: {self.prog} PATH... [--out DIR] [--table]")
+
+
 def _fail(message: str) -> None:
     print(f"paramlab: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m runner.report",
-                                     description="HTML report for paramlab run or sweep directories.")
+    prog = "paramlab-report" if Path(sys.argv[0]).name == "paramlab-report" else "python -m runner.report"
+    parser = _Parser(prog=prog, description="HTML report for paramlab run or sweep directories.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run dir, sweep dir, or a tree such as outputs/")
     parser.add_argument("--out", help="output folder (default: PATH/report for one PATH, else outputs/report)")
     parser.add_argument("--table", action="store_true", help="also print the runs and groups tables")
