@@ -501,6 +501,10 @@ class _Group:
         def write() -> None:
             for f in run_dir.glob(".*.tmp-*"):  # a checkpoint's or run.json's temp file a kill left (the
                 f.unlink(missing_ok=True)       # directory is this process's: it holds its lock)
+            log = run_dir / "error.log"
+            if log.exists():                    # an earlier attempt's failure: kept, named by its time
+                stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(log.stat().st_mtime))
+                os.replace(log, run_dir / f"error.{stamp}.log")
             if start:
                 _clear_tables_after(run_dir, start)
                 shutil.rmtree(run_dir / "compact", ignore_errors=True)  # rewritten when the run ends

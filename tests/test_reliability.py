@@ -184,6 +184,14 @@ def test_a_bug_during_a_run_exits_1_with_error_log(tmp_path, data_root):
     assert "RuntimeError: boom" in (tmp_path / "r" / "error.log").read_text()
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["status"] == "failed" and info["error"] == "RuntimeError: boom"
+    # Continued without the bug: completed, and the earlier traceback kept under its time, not as error.log.
+    r = run_cli("-m", "runner.train", f"data.root={data_root}", "trainer.epochs=2", "trainer.progress=false",
+                "device=cpu", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "completed"
+    kept = list((tmp_path / "r").glob("error.*.log"))
+    assert not (tmp_path / "r" / "error.log").exists() and len(kept) == 1
+    assert "RuntimeError: boom" in kept[0].read_text()
 
 
 CTRL_C = {
