@@ -643,16 +643,15 @@ class _DataLinear(torch.autograd.Function):
         gs = g.reshape(k, rows, o)
         xs = x.view(groups, rows, i)
         dw = db = None
-        if ctx.needs_input_grad[1]:
-            with one_thread(backward_pinned(gs[0], xs[0], None)):
+        with one_thread(backward_pinned(gs[0], xs[0], None)):   # as the run alone's (pinned) node
+            if ctx.needs_input_grad[1]:
                 if groups == k:
                     dw = exact("linear-data-dw-bmm", _bmm_gx, _loop_gx, gs, xs)
                 else:
                     parts = [exact("linear-data-dw-rows", _rows_gx, _loop_gx, gs[s:e], xs[gi:gi + 1])
                              for gi, (s, e) in enumerate(spans)]
                     dw = torch.cat(parts) if len(parts) > 1 else parts[0]
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            with one_thread(backward_pinned(gs[0], xs[0], None)):     # as the run alone's (pinned) node
+            if ctx.has_bias and ctx.needs_input_grad[2]:
                 db = exact("linear-data-db", lambda gs: gs.sum(1),
                            lambda gs: torch.stack([own(gs[m]).sum(0) for m in range(gs.shape[0])]), gs)
         return None, dw, db, None
@@ -943,7 +942,8 @@ KNOWN = {nn.Linear: BatchedLinear, nn.Conv2d: BatchedConv2d, nn.BatchNorm1d: Bat
 
 def _batch_modules(members: Members, templates: Sequence[nn.Module]):
     """Replace, in template 0's tree, every module that owns parameters, draws dropout masks or is
-    an activation in ELEMENTWISE by its batched twin (every path of a reused object gets the same twin). Returns (root, twins)."""
+    an activation in ELEMENTWISE by its batched twin (every path of a reused object gets the same
+    twin). Returns (root, twins)."""
     model = templates[0]
     paths: Dict[int, List[str]] = {}
     for path, module in model.named_modules(remove_duplicate=False):

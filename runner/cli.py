@@ -118,13 +118,11 @@ def describe_hydra_error(e: BaseException) -> str:
         if str(cause).startswith("Error merging override "):
             override = str(cause).splitlines()[0][len("Error merging override "):]
         if isinstance(cause, OmegaConfBaseException):
-            text = describe_omegaconf_error(cause)
             key = str(getattr(cause, "full_key", None) or "")
-            if override and not text.startswith(override.split("=", 1)[0]) and (not key or key.isdigit()):
-                text = f"{override}: {text}"           # the error names no key of the config: say which
-            if override and override.startswith("sharing.groups=") and "ListConfig" in text:
-                text += " Each group is a list of paths: e.g. sharing.groups=[[net.4,net.7]]"
-            return text
+            if override and (not key or key.isdigit()):   # the error names no key of the config: the override's
+                name = override.split("=", 1)[0]
+                return override + describe_omegaconf_error(cause, key=name)[len(name):]
+            return describe_omegaconf_error(cause)
         cause = cause.__cause__ or cause.__context__
     first = str(e).strip().splitlines()
     return first[0] if first else type(e).__name__
@@ -301,7 +299,7 @@ def prepare_data(checked_data: dict, configs: Sequence[DictConfig], jobs: Sequen
     for root, size in checked_data.items():
         data.locate(root)
         if size is None:
-            checked_data[root] = data.dataset_size(root)
+            checked_data[root] = data.source_size(root)
             for cfg, job in zip(configs, jobs):
                 if str(cfg.data.root) == root:
                     with _naming(job if multirun and len(jobs) > 1 else None):

@@ -282,9 +282,10 @@ def _schema() -> DictConfig:
     return _SCHEMA[0]
 
 
-def describe_omegaconf_error(e: Exception) -> str:
-    """One line for an OmegaConf validation/key error, naming the full key."""
-    key = getattr(e, "full_key", None) or ""
+def describe_omegaconf_error(e: Exception, key: Optional[str] = None) -> str:
+    """One line for an OmegaConf validation/key error, naming the full key (`key` where the error
+    holds none, e.g. an element of the list an override gave)."""
+    key = key or getattr(e, "full_key", None) or ""
     msg = str(getattr(e, "msg", None) or e).splitlines()[0].strip()
     if type(e).__name__ == "ConfigKeyError" or "not in" in msg:
         parent = key.rsplit(".", 1)[0] if "." in key else ""

@@ -124,13 +124,17 @@ def locate(root: str | os.PathLike, download: bool = True) -> Path:
         raise
 
 
+def _gz_folder(raw: Path) -> Optional[Path]:
+    """Where locate() decompresses the set from: raw/ itself or the Debian package's folder, the
+    first holding all four .gz files; None if neither does (only a download has it)."""
+    return next((f for f in (raw, DEBIAN_DIR) if all((f / f"{n}.gz").is_file() for n in FILES.values())), None)
+
+
 def _locate(root: str | os.PathLike, raw: Path, download: bool) -> Path:
     try:
-        if all((raw / f"{n}.gz").is_file() for n in FILES.values()):
-            _gunzip_into(raw, raw)
-            return raw
-        if all((DEBIAN_DIR / f"{n}.gz").is_file() for n in FILES.values()):
-            _gunzip_into(DEBIAN_DIR, raw)
+        folder = _gz_folder(raw)
+        if folder is not None:
+            _gunzip_into(folder, raw)
             return raw
     except OSError as e:
         raise UserError(f"data.root={str(root)!r}: cannot write the decompressed dataset there ({e.strerror}); "
@@ -230,22 +234,16 @@ def check_limit(limit: Optional[int], n_train: int) -> None:
                         f"use 1..{n_train}, or null for all")
 
 
-def dataset_size(root: str | os.PathLike) -> int:
-    """Number of training examples (reads only the label file's header)."""
-    with open(locate(root, download=False) / FILES["train_labels"], "rb") as f:
-        f.read(4)
-        return struct.unpack(">I", f.read(4))[0]
-
-
 def source_size(root: str | os.PathLike) -> Optional[int]:
     """Number of training examples, read from the label file's header where locate() would take
-    the set from, writing nothing (a .gz read through gzip); None if only a download has it."""
+    the set from (after locate(): the decompressed file), writing nothing (a .gz read through
+    gzip); None if only a download has it."""
     name = FILES["train_labels"]
     raw = raw_dir(root)
     if _complete(raw):
         opened = open(raw / name, "rb")
     else:
-        folder = next((f for f in (raw, DEBIAN_DIR) if all((f / f"{n}.gz").is_file() for n in FILES.values())), None)
+        folder = _gz_folder(raw)
         if folder is None:
             return None
         opened = gzip.open(folder / f"{name}.gz", "rb")
@@ -292,7 +290,7 @@ def main(argv=None) -> None:
     root = (argv if argv is not None else sys.argv[1:] or ["data"])[0]
     try:
         raw = locate(root)
-        n = dataset_size(root)
+        n = source_size(root)
     except UserError as e:
         print(f"paramlab: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -63,7 +63,7 @@ CASES = [
     (["model.hidden=[8,8"], "model.hidden=[8,8: cannot read it (no viable alternative at input '[8,8'); check its "
      "brackets, quotes and commas, and quote a value holding '=' or ',' (e.g. 'hydra.run.dir=\"a=1,b\"')"),
     (["sharing=groups", "sharing.groups=[net.4,net.7]"], "sharing.groups=[net.4,net.7]: Invalid value assigned: str is "
-     "not a ListConfig, list or tuple. Each group is a list of paths: e.g. sharing.groups=[[net.4,net.7]]"),
+     "not a ListConfig, list or tuple; give a list, e.g. sharing.groups=[[net.4,net.7]]"),
     (["sharing=groups", "sharing.groups=[[net.4,net.4]]"],
      "sharing.groups[0]=['net.4', 'net.4'] names 'net.4' twice; name each path once"),
     (["-m", "hydra/launcher=basic", "hydra.launcher.n_jobs=1"],
