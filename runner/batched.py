@@ -30,7 +30,7 @@ call in a forward is attributed to its k-th path.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -437,31 +437,16 @@ class BatchedLinear(_Batched):
         self.out_features = module.out_features
         self.__dict__["pin_cache"] = {}
 
-    def _pin_backward(self, x: torch.Tensor, w: torch.Tensor) -> bool:
-        """Whether a run alone's F.linear backward on x runs on one thread (threads_matter), per
-        input shape, remembered here (a step asks for every layer)."""
-        key = (tuple(x.shape), x.stride(), torch.get_num_threads())
-        pin = self.pin_cache.get(key)
-        if pin is None:
+    def _pins(self, kind: str, x: torch.Tensor, w: torch.Tensor) -> Tuple[bool, bool]:
+        """A run alone's (forward, backward) to be run on one thread (threads_matter), per input
+        shape, remembered here (a step asks for every layer)."""
+        key = (kind, tuple(x.shape), x.stride(), torch.get_num_threads())
+        pins = self.pin_cache.get(key)
+        if pins is None:
             g = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype)
-            pin = self.pin_cache[key] = backward_pinned(g, x, w)
-        return pin
-
-    def _data_plan(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], rows: int) -> tuple:
-        """_DataLinear's plan for data rows x (one member's batch: `rows` rows): its kernels, and
-        whether a run alone's forward and backward on such rows run on one thread (threads_matter),
-        per input shape, layout and thread count, remembered here (asked every step)."""
-        key = ("data", tuple(x.shape), x.stride(), x.data_ptr() % _ALIGN, rows, torch.get_num_threads())
-        plan = self.pin_cache.get(key)
-        if plan is None:
-            kern = data_kernels(x)
-            w1 = w if w.dim() == 2 else w[0]
-            x1 = x[:rows]
-            bias = () if b is None else ((b if b.dim() == 1 else b[0]),)
-            g = torch.empty(rows, w1.shape[0], dtype=x.dtype)
-            plan = self.pin_cache[key] = (kern, threads_matter(kern.tag + "-xw", kern.one, x1, w1, *bias),
-                                          threads_matter(kern.tag + "-gx", kern.one_gx, g, x1))
-        return plan
+            forward = kind == "data" and threads_matter("wxt", torch.mm, w, x.t())
+            pins = self.pin_cache[key] = (forward, backward_pinned(g, x, None if kind == "data" else w))
+        return pins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, *b = self.tensors()                             # (K, out, in), (K, out); K = 1: (out, in), (out,)
@@ -470,14 +455,23 @@ class BatchedLinear(_Batched):
         if x.dim() == 2 and not x.is_cuda and (not x.requires_grad if torch.is_grad_enabled()
                                                else x.data_ptr() == m.input_ptr):
             # On rows no gradient flows back into (training: the input batch; evaluation: the data
-            # batch itself, recognized by its address, not any layer's rows): each member's product
-            # is its run alone's, with the data layer's own kernels (_DataLinear, data_kernels).
-            # Evaluation's other layers stay on F.linear.
+            # batch itself, recognized by its address, not any layer's rows): each member computes
+            # (W x^T + b)^T, a run alone with plain autograd ops (no Python node: ~10 us a step
+            # less), one-thread where that product's bits depend on the thread count (threads_matter).
+            # Evaluation's other layers stay on F.linear's x W^T, whose bits do not (the 10-class
+            # head as W h^T does: measured), so that nothing pins them.
+            if m.k == 1:
+                pin_forward, pin_backward = self._pins("data", x, w)
+                with one_thread(pin_forward):
+                    h = torch.mm(w, x.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x.t())
+                if pin_backward:
+                    _pin_backward(h)
+                return h.t().contiguous()
             spans = m.groups if m.shared(x) else [(k, k + 1) for k in range(m.k)]
-            return _DataLinear.apply(x, w, b, spans, self._data_plan(x, w, b, x.shape[0] // len(spans)))
+            return _DataLinear.apply(x, w, b, spans)
         if m.k == 1:                                       # a single run: plain F.linear
             h = F.linear(x, w, b)
-            if x.dim() == 2 and h.requires_grad and not x.is_cuda and self._pin_backward(x, w):
+            if x.dim() == 2 and h.requires_grad and not x.is_cuda and self._pins("linear", x, w)[1]:
                 _pin_backward(h)
             return h
         if m.shared(x) and not x.is_cuda:
@@ -545,6 +539,10 @@ def _pin_backward(h: torch.Tensor) -> None:
         h.grad_fn.register_hook(lambda inputs, outputs: torch.set_num_threads(n))
 
 
+def _gtx(g, x):      # a weight gradient as autograd computes it (F.linear's and addmm(b, W, x^T)'s)
+    return torch.mm(g.t(), x)
+
+
 # ------------------------------------------------------------------------- exact batched kernels
 
 _VERDICTS: Dict[tuple, bool] = {}
@@ -603,178 +601,94 @@ def _random_like(t: torch.Tensor) -> torch.Tensor:
 
 
 class _DataLinear(torch.autograd.Function):
-    """Linear on rows that need no gradient (the data batch), for a run alone and for K members
-    alike: member m's output is its run alone's product x W_m^T + b_m, and its gradients are
-    dW_m = g_m^T x, db_m = g_m summed over rows, each computed with the kernels of `data_kernels`
-    (oneDNN where PyTorch has it: ~2x faster than MKL here). The weights of the members that see
-    one batch stack into one product (`exact` checks, per shape, that it gives each member its
-    run alone's bits). `plan` = (kernels, forward on one thread, backward on one thread), as
-    BatchedLinear._data_plan worked out for these rows.
-    A run alone: x (B, in), w (out, in), b (out,) or None. K members: x (G*B, in) shared rows,
-    spans[g] = the members of group g, or (K*B, in) member-major rows with spans = one member
-    each; w (K, out, in); b (K, out) or None."""
+    """Linear on rows that need no gradient, for K >= 2 members: member m's output is
+    addmm(b_m, W_m, x^T)^T, the product a run alone computes (BatchedLinear), and its gradients
+    are what autograd gives that run: dW_m = g_m^T x, db_m = g_m summed over rows. With the weight
+    as the left operand a narrow layer (the seed's 8-wide first layer) runs ~1.6x faster on one
+    core than F.linear's x W^T, and the weights of the members that see one batch stack into one
+    product (`exact` checks, per shape, that it gives each member its own bits).
+    x: (G*B, in) shared rows, spans[g] = the members of group g; or (K*B, in) member-major rows
+    with spans = one member each. w: (K, out, in); b: (K, out) or None."""
 
     @staticmethod
-    def forward(ctx, x, w, b, spans, plan):
+    def forward(ctx, x, w, b, spans):
         ctx.save_for_backward(x, w)
-        ctx.spans, ctx.has_bias, ctx.plan = spans, b is not None, plan
-        kern, pin_forward, _ = plan
-        if w.dim() == 2 and not pin_forward:               # a run alone: its product, as allocated
-            return kern.one(x, w, b)
-        with one_thread(pin_forward):
-            if w.dim() == 2:
-                return kern.one(x, w, b)
-            k, o, i = w.shape
-            groups = len(spans)
-            rows = x.shape[0] // groups
-            xs = x.view(groups, rows, i)
-            bs = b if b is not None else w.new_zeros(0)  # (K, out); empty without bias
-            # Returned as allocated, not as a view: a view made inside a Function may not be changed
-            # in place afterwards (ReLU(inplace=True) right after the layer).
-            result = torch.empty(k * rows, o, dtype=x.dtype)
-            out = result.view(k, rows, o)
+        ctx.spans, ctx.has_bias = spans, b is not None
+        k, o, i = w.shape
+        groups = len(spans)
+        rows = x.shape[0] // groups
+        # Returned as allocated, not as a view: a view made inside a Function may not be changed
+        # in place afterwards (ReLU(inplace=True) right after the layer).
+        result = torch.empty(k * rows, o, dtype=x.dtype)
+        out = result.view(k, rows, o)
+        xs = x.view(groups, rows, i)
+        bs = b.unsqueeze(2) if b is not None else w.new_zeros(0)     # (K, out, 1); unused without bias
+        with one_thread(threads_matter("wxt", torch.mm, w[0], xs[0].t())):
             if groups == k:                                # one batch per member
-                out.copy_(exact(kern.tag + "-data-bmm", kern.bmm, kern.loop, w, xs, bs) if kern.bmm
-                          else kern.loop(w, xs, bs))
+                h = exact("linear-data-bmm", _bmm_wxt, _loop_wxt, w, xs, bs)
+                out.copy_(h.transpose(1, 2))
             else:                                          # one batch per group of members
                 for g, (s, e) in enumerate(spans):
-                    out[s:e].copy_(exact(kern.tag + "-data-rows", kern.rows, kern.loop, w[s:e], xs[g:g + 1], bs[s:e]))
+                    h = exact("linear-data-rows", _rows_wxt, _loop_wxt, w[s:e], xs[g:g + 1], bs[s:e])
+                    out[s:e].copy_(h.transpose(1, 2))
         return result
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        kern, _, pin_backward = ctx.plan
-        if w.dim() == 2:                                   # a run alone
-            with one_thread(pin_backward):
-                dw = kern.one_gx(g, x) if ctx.needs_input_grad[1] else None
-                db = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-            return None, dw, db, None, None
+        spans = ctx.spans
+        k, o, i = w.shape
+        groups = len(spans)
+        rows = x.shape[0] // groups
+        gs = g.reshape(k, rows, o)
+        xs = x.view(groups, rows, i)
         dw = db = None
-        with one_thread(pin_backward):
-            spans = ctx.spans
-            k, o, i = w.shape
-            groups = len(spans)
-            rows = x.shape[0] // groups
-            gs = g.reshape(k, rows, o)
-            xs = x.view(groups, rows, i)
+        with one_thread(backward_pinned(gs[0], xs[0], None)):   # as the run alone's (pinned) node
             if ctx.needs_input_grad[1]:
                 if groups == k:
-                    dw = exact(kern.tag + "-data-dw-bmm", kern.bmm_gx, kern.loop_gx, gs, xs) if kern.bmm_gx \
-                        else kern.loop_gx(gs, xs)
+                    dw = exact("linear-data-dw-bmm", _bmm_gx, _loop_gx, gs, xs)
                 else:
-                    parts = [exact(kern.tag + "-data-dw-rows", kern.rows_gx, kern.loop_gx, gs[s:e], xs[gi:gi + 1])
+                    parts = [exact("linear-data-dw-rows", _rows_gx, _loop_gx, gs[s:e], xs[gi:gi + 1])
                              for gi, (s, e) in enumerate(spans)]
                     dw = torch.cat(parts) if len(parts) > 1 else parts[0]
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 db = exact("linear-data-db", lambda gs: gs.sum(1),
                            lambda gs: torch.stack([own(gs[m]).sum(0) for m in range(gs.shape[0])]), gs)
-        return None, dw, db, None, None
+        return None, dw, db, None
 
 
-class _Kernels(NamedTuple):
-    """The data layer's products, one family (module docstring of _DataLinear):
-    one(x, w, b) -> (rows, out), a run alone's forward; one_gx(g, x) -> (out, in), its weight
-    gradient; loop / loop_gx: member by member (each member's `one`); rows / rows_gx: a group's
-    members' weights stacked into one product on the group's batch; bmm / bmm_gx: one batch per
-    member as one batched product (None: the family has none, the loop runs).
-    w (n, out, in), xs (n or 1, rows, in), bs (n, out) or empty -> (n, rows, out);
-    gs (n, rows, out), xs (n or 1, rows, in) -> (n, out, in)."""
-    tag: str
-    one: Callable
-    one_gx: Callable
-    rows: Callable
-    rows_gx: Callable
-    bmm: Optional[Callable]
-    bmm_gx: Optional[Callable]
-
-    def loop(self, w, xs, bs):
-        return torch.stack([self.one(own(xs[m if xs.shape[0] > 1 else 0]), own(w[m]), own(bs[m]) if bs.numel() else None)
-                            for m in range(w.shape[0])])
-
-    def loop_gx(self, gs, xs):
-        return torch.stack([self.one_gx(own(gs[m]), own(xs[m if xs.shape[0] > 1 else 0])) for m in range(gs.shape[0])])
+# The products of _DataLinear: member by member (a run alone's), and two batched forms.
+# w (n, out, in), xs (n or 1, rows, in), bs (n, out, 1) or empty (no bias) -> (n, out, rows)
+def _loop_wxt(w, xs, bs):
+    x = [own(xs[m if xs.shape[0] > 1 else 0]).t() for m in range(w.shape[0])]
+    if bs.numel() == 0:
+        return torch.stack([torch.mm(own(w[m]), x[m]) for m in range(w.shape[0])])
+    return torch.stack([torch.addmm(own(bs[m]), own(w[m]), x[m]) for m in range(w.shape[0])])
 
 
-# MKL (torch.mm and friends): the weight as the left operand, W x^T, which for a narrow layer (the
-# seed's 8-wide first layer) ran ~1.6x faster on one core than F.linear's x W^T.
-def _mkl_one(x, w, b=None):
-    h = torch.mm(w, x.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x.t())
-    return h.t().contiguous()
+def _bmm_wxt(w, xs, bs):
+    return torch.bmm(w, xs.transpose(1, 2)) if bs.numel() == 0 else torch.baddbmm(bs, w, xs.transpose(1, 2))
 
 
-def _mkl_rows(w, xs, bs):
+def _rows_wxt(w, xs, bs):   # the members' weights stacked into one product
     n, o, i = w.shape
     if bs.numel() == 0:
-        return torch.mm(w.reshape(n * o, i), xs[0].t()).view(n, o, -1).transpose(1, 2)
-    return torch.addmm(bs.reshape(n * o, 1), w.reshape(n * o, i), xs[0].t()).view(n, o, -1).transpose(1, 2)
+        return torch.mm(w.reshape(n * o, i), xs[0].t()).view(n, o, -1)
+    return torch.addmm(bs.reshape(n * o, 1), w.reshape(n * o, i), xs[0].t()).view(n, o, -1)
 
 
-def _mkl_bmm(w, xs, bs):
-    h = torch.bmm(w, xs.transpose(1, 2)) if bs.numel() == 0 else torch.baddbmm(bs.unsqueeze(2), w, xs.transpose(1, 2))
-    return h.transpose(1, 2)
-
-
-def _gtx(g, x):      # a weight gradient as autograd computes it (F.linear's and addmm(b, W, x^T)'s)
-    return torch.mm(g.t(), x)
-
-
-def _rows_gx(gs, xs):
-    n, rows, o = gs.shape
-    return torch.mm(gs.transpose(1, 2).reshape(n * o, rows), xs[0]).view(n, o, -1)
+# gs (n, rows, out), xs (n or 1, rows, in) -> (n, out, in): each member's g^T x
+def _loop_gx(gs, xs):
+    return torch.stack([_gtx(own(gs[m]), own(xs[m if xs.shape[0] > 1 else 0])) for m in range(gs.shape[0])])
 
 
 def _bmm_gx(gs, xs):
     return torch.bmm(gs.transpose(1, 2), xs)
 
 
-_MKL = _Kernels("mkl", _mkl_one, _gtx, _mkl_rows, _rows_gx, _mkl_bmm, _bmm_gx)
-
-
-# oneDNN's fp32 inner product (what torch.compile's CPU Linear calls): x W^T + b in one call. Its
-# kernels use AVX-512 where the CPU has it, while MKL stays on AVX2 on AMD CPUs; measured on this
-# machine's EPYC, one core: 256 x 784 rows times 72 x 784 weights 150 us (MKL 284 us), the weight
-# gradient 142 us (279 us); on 8 x 784 weights 43 vs 47 us. Every member's columns of a stacked
-# product had its own product's bits, on 1 and 2 threads alike (192 shapes checked; `exact` and
-# `threads_matter` still check each shape met).
-def _onednn_linear():
-    try:
-        return torch.ops.mkldnn._linear_pointwise.default if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):                 # a build without it
-        return None
-
-
-_LINEAR_POINTWISE = _onednn_linear()
-
-
-def _dnn_one(x, w, b=None):
-    return _LINEAR_POINTWISE(x, w, b, "none", [], "")
-
-
-def _dnn_one_gx(g, x):
-    return _LINEAR_POINTWISE(g.t(), x.t(), None, "none", [], "")
-
-
-def _dnn_rows(w, xs, bs):
-    n, o, i = w.shape
-    h = _LINEAR_POINTWISE(xs[0], w.reshape(n * o, i), bs.reshape(n * o) if bs.numel() else None, "none", [], "")
-    return h.view(-1, n, o).transpose(0, 1)
-
-
-def _dnn_rows_gx(gs, xs):
+def _rows_gx(gs, xs):
     n, rows, o = gs.shape
-    return _LINEAR_POINTWISE(gs.transpose(1, 2).reshape(n * o, rows), xs[0].t(), None, "none", [], "").view(n, o, -1)
-
-
-_ONEDNN = _Kernels("onednn", _dnn_one, _dnn_one_gx, _dnn_rows, _dnn_rows_gx, None, None)
-
-
-def data_kernels(x: torch.Tensor) -> _Kernels:
-    """The data layer's kernel family for rows x: oneDNN for float32 where PyTorch has it and
-    torch.backends.mkldnn.enabled, else MKL (a run alone and its members ask the same question)."""
-    if _LINEAR_POINTWISE is not None and x.dtype == torch.float32 and torch.backends.mkldnn.enabled:
-        return _ONEDNN
-    return _MKL
+    return torch.mm(gs.transpose(1, 2).reshape(n * o, rows), xs[0]).view(n, o, -1)
 
 
 class _LinearK(torch.autograd.Function):
@@ -809,13 +723,13 @@ class _LinearK(torch.autograd.Function):
             db = g.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
             return dx, dw, db
         # A run alone computes its whole Linear backward on one thread where its bits depend on the
-        # thread count (BatchedLinear._pin_backward): so does each member, dx included.
+        # thread count (BatchedLinear._pins): so does each member, dx included.
         with one_thread(backward_pinned(g[0], x[0], w[0])):
             if ctx.needs_input_grad[0]:
                 dx = exact("linear-dx", torch.bmm,
                            lambda g, w: torch.stack([own(g[m]) @ own(w[m]) for m in range(w.shape[0])]), g, w)
             if ctx.needs_input_grad[1]:
-                dw = exact("linear-dw", _bmm_gx, _MKL.loop_gx, g, x)
+                dw = exact("linear-dw", _bmm_gx, _loop_gx, g, x)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 db = g.sum(1)
         return dx, dw, db

@@ -235,17 +235,12 @@ def test_dropout_drawn_ahead_gives_the_masks_drawn_call_by_call(make_cfg):
             assert torch.equal(a[0], t[i])
 
 
-@pytest.mark.parametrize("model,onednn", [
-    (["model.hidden=[8,8,8]", "sharing=all_hidden", "model.dropout=0.2"], True),
-    (["model.hidden=[10,16]"], True),
-    # sigmoid on 100 x 350 elements: two threads split them at 17500, not a multiple of the
-    # kernel's vector block, so one thread rounds others
-    (["model.hidden=[350]", "model.activation=sigmoid", "data.batch_size=100"], True),
-    # the data layer on MKL (a PyTorch without oneDNN, or torch.backends.mkldnn.enabled = False):
-    # MKL splits a 10-wide input layer's products differently on 1 and 2 threads
-    (["model.hidden=[10,16]"], False),
-    (["model.hidden=[8,8,8]", "sharing=all_hidden", "model.dropout=0.2"], False)])
-def test_one_thread_ensemble_equals_two_thread_runs(model, onednn, make_cfg, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", [["model.hidden=[8,8,8]", "sharing=all_hidden", "model.dropout=0.2"],
+                                   ["model.hidden=[10,16]"],
+                                   # sigmoid on 100 x 350 elements: two threads split them at 17500, not a
+                                   # multiple of the kernel's vector block, so one thread rounds others
+                                   ["model.hidden=[350]", "model.activation=sigmoid", "data.batch_size=100"]])
+def test_one_thread_ensemble_equals_two_thread_runs(model, make_cfg, tmp_path):
     """The ensemble launcher's workers train with one thread each, a run alone with all cores:
     an MLP member must still equal its run alone, though MKL splits products of 5-11 rows
     differently per thread count (a 10-wide input layer, the weight gradient of a 10-class head with
@@ -253,12 +248,6 @@ def test_one_thread_ensemble_equals_two_thread_runs(model, onednn, make_cfg, tmp
     thread count; that is not covered: see the README.)"""
     import torch
 
-    from runner import batched
-
-    if onednn and batched._LINEAR_POINTWISE is None:
-        pytest.skip("this PyTorch has no oneDNN Linear")
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
-    assert batched.data_kernels(torch.zeros(1)).tag == ("onednn" if onednn else "mkl")
     cfgs = [make_cfg(*model, f"optim.lr={lr}") for lr in (0.05, 0.2)]
     threads = torch.get_num_threads()
     try:
@@ -299,16 +288,13 @@ def test_exact_returns_each_members_own_bits():
     the per-member one, bit for bit."""
     import torch
 
-    from runner.batched import _LINEAR_POINTWISE, _MKL, _ONEDNN, exact
+    from runner.batched import _bmm_wxt, _loop_wxt, _rows_wxt, exact
 
     g = torch.Generator().manual_seed(3)
     for k, o, rows, i in [(9, 2, 1, 120), (18, 2, 1, 120), (4, 15, 1, 128), (8, 1, 100, 400), (3, 3, 32, 256)]:
         w, xs, bs = torch.randn(k, o, i, generator=g), torch.randn(k, rows, i, generator=g), torch.zeros(0)
-        assert torch.equal(exact("test-bmm", _MKL.bmm, _MKL.loop, w, xs, bs), _MKL.loop(w, xs, bs))
-        assert torch.equal(exact("test-rows", _MKL.rows, _MKL.loop, w, xs[:1], bs), _MKL.loop(w, xs[:1], bs))
-        if _LINEAR_POINTWISE is not None:
-            assert torch.equal(exact("test-dnn-rows", _ONEDNN.rows, _ONEDNN.loop, w, xs[:1], bs),
-                               _ONEDNN.loop(w, xs[:1], bs))
+        assert torch.equal(exact("test-bmm", _bmm_wxt, _loop_wxt, w, xs, bs), _loop_wxt(w, xs, bs))
+        assert torch.equal(exact("test-rows", _rows_wxt, _loop_wxt, w, xs[:1], bs), _loop_wxt(w, xs[:1], bs))
 
 
 @pytest.mark.parametrize("width", [2, 5])
