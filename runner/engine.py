@@ -638,6 +638,10 @@ class _Group:
             info["wall_time_s"] = round(info["_wall_before"] + time.perf_counter() - t_start, 3)
             info["finished_at"] = _now()
             try:
+                if info["status"] != "completed" and not snapshot.epoch_files(self.run_dirs[m], "metrics"):
+                    # Ended before its first epoch did (diverged or failed at a step of epoch 1): an
+                    # empty metrics file (epoch-0000, no rows), so that metrics/ still reads whole.
+                    snapshot.write_table(self.run_dirs[m], "metrics", 0, {c: [] for c in snapshot.SCHEMAS["metrics"].names})
                 snapshot.write_json(self.run_dirs[m] / "run.json", _public(info))
                 if info["status"] == "completed":
                     checkpoint.remove(self.run_dirs[m])  # only once run.json says so: never continued again

@@ -90,6 +90,9 @@ def test_ensemble_launcher_groups_and_isolates_a_diverging_member(tmp_path, data
     assert good["ensemble"]["size"] == 2 and good["threads"] == 1
     bad = json.loads((tmp_path / "e" / "optim.lr=10000,optim=sgd,sharing=none" / "run.json").read_text())
     assert bad["diverged"]["epoch"] == 1 and bad["diverged"]["step"] >= 0 and bad["epochs_completed"] == 0
+    # No epoch finished, yet metrics/ reads whole (an empty file): as a user's pandas reads it
+    metrics = pd.read_parquet(tmp_path / "e" / "optim.lr=10000,optim=sgd,sharing=none" / "metrics")
+    assert list(metrics.columns) == ["epoch", "split", "metric", "value"] and len(metrics) == 0
 
 
 def test_batched_sweep_runs_each_ensemble_once(tmp_path, data_root):

@@ -102,7 +102,8 @@ def test_killed_run_is_read_from_its_epoch_files(runs_tree):
     assert (killed.path / "compact" / "metrics.parquet").is_file()  # stale copy, must be ignored
     assert sorted(exp.metrics[exp.metrics.run == killed.index].epoch.unique()) == [1]
     assert sorted(exp.params[exp.params.run == killed.index].epoch.unique()) == [0, 1]
-    # Compact files read for the finished runs that have the table (the diverged run has no metrics).
+    # Compact files read for the finished runs that have rows (the diverged run's metrics: an empty
+    # file, no epoch finished, read from its folder).
     assert exp.compact_used == {"metrics": 5, "params": 6, "activations": 6}
 
 
