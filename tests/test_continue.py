@@ -233,3 +233,27 @@ def test_a_run_recorded_on_one_gpu_continues_on_another(make_cfg, tmp_path):
     recorded["config"]["optim"]["lr"] = 0.3   # a difference beside the device is still one
     with pytest.raises(UserError, match="optim.lr"):
         check("cuda:1", "cuda")
+
+
+def test_run_failed_in_its_first_epoch_has_empty_metrics_then_continues_clean(make_cfg, tmp_path, monkeypatch):
+    """A run that fails before its first epoch ends leaves metrics/ readable (one empty file,
+    epoch-0000); continued, it holds the epochs' files only (the empty one goes), as a run never
+    failed does."""
+    import runner.engine as engine
+
+    cfg = make_cfg("trainer.epochs=2")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(engine, "evaluate", broken)
+    with pytest.raises(RuntimeError):
+        engine.run(cfg, tmp_path / "r")
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "failed"
+    metrics = pd.read_parquet(tmp_path / "r" / "metrics")
+    assert list(metrics.columns) == ["epoch", "split", "metric", "value"] and len(metrics) == 0
+    monkeypatch.undo()
+    info = engine.run(cfg, tmp_path / "r")
+    assert info["status"] == "completed"
+    assert [p.name for p in snapshot.epoch_files(tmp_path / "r", "metrics")] == ["epoch-0001.parquet", "epoch-0002.parquet"]
+    assert sorted(pd.read_parquet(tmp_path / "r" / "metrics").epoch.unique()) == [1, 2]
