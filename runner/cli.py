@@ -520,7 +520,8 @@ def task(cfg: DictConfig) -> Optional[dict]:
         if multirun:                # in whichever process ran the job
             counts = refresh_sweep_json(run_dir.parent)
     info = result.infos[0]
-    print(outcome_line(info, label, progress(counts) if multirun else None), flush=True)
+    if 0 not in result.skipped:        # a run left as it is has said so (the engine's `skip` line)
+        print(outcome_line(info, label, progress(counts) if multirun else None), flush=True)
     if info["status"] != "completed" and not multirun:
         where = f" (traceback in {run_dir / 'error.log'})" if info["status"] == "failed" else ""
         print(f"paramlab: run {info['status']}: {info['error']}{where}", file=sys.stderr, flush=True)

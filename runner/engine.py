@@ -209,6 +209,7 @@ def train(cfg, run_dir, overrides: Sequence[str] = ()):
 class Result:
     def __init__(self, n: int):
         self.infos: List[Optional[dict]] = [None] * n
+        self.skipped: set = set()          # runs found completed and left as they are (logged `skip`)
         self.errors: Dict[int, BaseException] = {}
         self.models: Dict[int, object] = {}
 
@@ -241,6 +242,7 @@ def run_members(cfgs: Sequence, run_dirs: Sequence, overrides: Optional[Sequence
             existing = read_json(run_dir / "run.json")
             if existing is not None and existing.get("status") == "completed":
                 result.infos[i] = existing   # left as it is: not even locked
+                result.skipped.add(i)
                 _complete_compaction(run_dir)
                 _log(f"paramlab: skip {run_dir.name}: already completed in {run_dir}; left as it is")
                 continue

@@ -110,13 +110,13 @@ class EnsembleLauncherBase(Launcher):
         infos: List[Optional[dict]] = [None] * len(jobs)
 
         def done(members: List[int], outcome) -> None:
-            results, error = outcome
+            results, error, skipped = outcome
             done_text = progress(refresh_sweep_json(sweep_dir))
             if error:
                 print(f"paramlab: {error}", flush=True)
-            for i, info in zip(members, results or [None] * len(members)):
+            for k, (i, info) in enumerate(zip(members, results or [None] * len(members))):
                 infos[i] = info
-                if info is not None:
+                if info is not None and k not in skipped:     # a skipped job has said so (the engine's `skip` line)
                     print(outcome_line(info, jobs[i][2].name, done_text), flush=True)
 
         if workers > 1:
@@ -257,7 +257,8 @@ def prelaunch(plan) -> Optional[DictConfig]:
 
 
 def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):
-    """One ensemble (in this process or a worker): ([run.json per member] or None, error line)."""
+    """One ensemble (in this process or a worker): ([run.json per member] or None, error line,
+    the members found completed and left as they are)."""
     from .config import UserError, one_line
     from .engine import run_members
     from .sweep import exit_quickly_when_stopped, interruptible, watch_master
@@ -277,8 +278,8 @@ def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):
         with interruptible():
             result = run_members(cfgs, run_dirs, overrides, ensemble=True)
     except UserError as e:
-        return None, f"error: {e} [jobs: {names}]"
+        return None, f"error: {e} [jobs: {names}]", set()
     except Exception as e:  # recorded as failed in each member's run.json, with error.log (an interrupt,
         # Ctrl-C, still ends the command: its members are recorded as failed and continue when it runs again)
-        return None, f"ensemble failed: {one_line(e)} (traceback in each member's error.log) [jobs: {names}]"
-    return result.infos, None
+        return None, f"ensemble failed: {one_line(e)} (traceback in each member's error.log) [jobs: {names}]", set()
+    return result.infos, None, result.skipped

@@ -123,6 +123,7 @@ def test_completed_run_is_left_alone_and_other_config_refused(tmp_path, data_roo
     before = files()
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0 and "already completed" in r.stdout
+    assert "paramlab: completed" not in r.stdout, r.stdout       # one line says it was left as it is
     assert files() == before
     r = run_cli(*args, "trainer.compile=false", cwd=tmp_path)   # a key that does not change results
     assert r.returncode == 0 and "already completed" in r.stdout, r.stderr

@@ -49,6 +49,8 @@ def test_sweep_isolates_failures_and_resumes(tmp_path, data_root):
     r = run_cli("-m", "runner.train", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("already completed") == 1 and "skip optim.lr=0.1,sharing=all_hidden: already" in r.stdout
+    assert "paramlab: completed optim.lr=0.1,sharing=all_hidden" not in r.stdout    # one line for a skipped job
+    assert "paramlab: completed optim.lr=0.1,sharing=none" in r.stdout
     assert list((tmp_path / "outputs" / "multirun").iterdir()) == [sweep]
     statuses = {j["_dir"]: j["status"] for j in job_runs(sweep)}
     assert statuses["optim.lr=0.1,sharing=none"] == "completed"
