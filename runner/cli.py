@@ -290,6 +290,17 @@ def check_job(cfg, checked_data: dict, need_data: bool = True) -> None:
             data.check_limit(cfg.data.limit, checked_data[root])
 
 
+def unused_settings(configs: Sequence[DictConfig]) -> List[str]:
+    """Settings the jobs give that change nothing, one line each (a note, not an error: a grid
+    over optimizers gives every job the same optim.momentum)."""
+    momenta = sorted({float(c.optim.momentum) for c in configs if c.optim.name == "adam" and c.optim.momentum})
+    if not momenta:
+        return []
+    values = ",".join(f"{m:g}" for m in momenta)
+    return [f"optim.momentum={values} does nothing with optim=adam (Adam has no momentum setting: its "
+            "moment decay rates are fixed, betas 0.9 and 0.999)"]
+
+
 def prepare_data(checked_data: dict, configs: Sequence[DictConfig], jobs: Sequence[List[str]], multirun: bool) -> None:
     """After every job's other checks passed: each data.root's set decompressed (or downloaded)
     into it, so a command with a mistake in any job writes nothing; a set that only a download
@@ -438,6 +449,8 @@ def _guard(command: str, argv: List[str], on_expanded) -> Optional[Plan]:
             suffix = f" [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""
             raise UserError(describe_hydra_error(e) + suffix) from None
         plan.configs.append(cfg)
+    for note in unused_settings(plan.configs):
+        print(f"paramlab: note: {note}", file=sys.stderr, flush=True)
     if command == "train":
         prepare_data(checked_data, plan.configs, jobs, multirun)
     if multirun and command == "train":

@@ -33,6 +33,18 @@ def test_output_dir_not_creatable(data_root, capsys, monkeypatch):
             in capsys.readouterr().err)
 
 
+def test_a_setting_that_does_nothing_gets_a_note(data_root, capsys):
+    """optim.momentum with Adam changes nothing: one note line on stderr (not an error: a grid over
+    optimizers gives every job the same momentum), nothing for SGD, whose setting it is."""
+    plan = guard("inspect", [f"data.root={data_root}", "optim=adam", "optim.momentum=0.9"])
+    assert plan is not None and capsys.readouterr().err == (
+        "paramlab: note: optim.momentum=0.9 does nothing with optim=adam (Adam has no momentum setting: its "
+        "moment decay rates are fixed, betas 0.9 and 0.999)\n")
+    guard("inspect", [f"data.root={data_root}", "optim=sgd", "optim.momentum=0.9"])
+    guard("inspect", [f"data.root={data_root}", "optim=adam"])
+    assert capsys.readouterr().err == ""
+
+
 KILL_IN_WRITE = """
 import os, sys
 from runner import snapshot
