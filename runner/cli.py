@@ -292,13 +292,28 @@ def check_job(cfg, checked_data: dict, need_data: bool = True) -> None:
 
 def unused_settings(configs: Sequence[DictConfig]) -> List[str]:
     """Settings the jobs give that change nothing, one line each (a note, not an error: a grid
-    over optimizers gives every job the same optim.momentum)."""
+    over optimizers or models gives every job the same settings): optim.momentum with Adam, and
+    the width list (model.hidden / model.channels) a built-in model does not take."""
+    from .config import WIDTH_KEY
+
+    notes = []
     momenta = sorted({float(c.optim.momentum) for c in configs if c.optim.name == "adam" and c.optim.momentum})
-    if not momenta:
-        return []
-    values = ",".join(f"{m:g}" for m in momenta)
-    return [f"optim.momentum={values} does nothing with optim=adam (Adam has no momentum setting: its "
-            "moment decay rates are fixed, betas 0.9 and 0.999)"]
+    if momenta:
+        notes.append(f"optim.momentum={','.join(f'{m:g}' for m in momenta)} does nothing with optim=adam (Adam has "
+                     "no momentum setting: its moment decay rates are fixed, betas 0.9 and 0.999)")
+    unused: dict = {}
+    for c in configs:
+        name = str(c.model.name)
+        if name == "custom":                              # every key is the user's callable's argument
+            continue
+        for key in ("hidden", "channels"):
+            value = c.model.get(key)
+            if value is not None and WIDTH_KEY.get(name) != key:
+                unused.setdefault((key, name), []).append(str(list(value)).replace(" ", ""))
+    for (key, name), values in sorted(unused.items()):
+        takes = f"model.{WIDTH_KEY[name]}" if name in WIDTH_KEY else "no width list: its layers are fixed"
+        notes.append(f"model.{key}={','.join(sorted(set(values)))} does nothing with model={name} (it takes {takes})")
+    return notes
 
 
 def prepare_data(checked_data: dict, configs: Sequence[DictConfig], jobs: Sequence[List[str]], multirun: bool) -> None:

@@ -42,7 +42,14 @@ def test_a_setting_that_does_nothing_gets_a_note(data_root, capsys):
         "moment decay rates are fixed, betas 0.9 and 0.999)\n")
     guard("inspect", [f"data.root={data_root}", "optim=sgd", "optim.momentum=0.9"])
     guard("inspect", [f"data.root={data_root}", "optim=adam"])
+    guard("inspect", [f"data.root={data_root}", "model=cnn", "model.channels=[4,4]"])
     assert capsys.readouterr().err == ""
+    guard("inspect", [f"data.root={data_root}", "model=lenet", "model.hidden=[4]"])
+    assert capsys.readouterr().err == ("paramlab: note: model.hidden=[4] does nothing with model=lenet (it takes no "
+                                       "width list: its layers are fixed)\n")
+    guard("inspect", [f"data.root={data_root}", "model=cnn", "model.hidden=[4, 8]"])
+    assert capsys.readouterr().err == ("paramlab: note: model.hidden=[4,8] does nothing with model=cnn (it takes "
+                                       "model.channels)\n")
 
 
 KILL_IN_WRITE = """
