@@ -494,15 +494,15 @@ def read_run(run_dir: str | os.PathLike) -> dict:
 def read_table(run_dir: str | os.PathLike, table: str, columns: Optional[Sequence[str]] = None, filter=None):
     """One table of a run as a pandas DataFrame: every epoch file in one dataset scan, only
     `columns`, rows matching the optional pyarrow `filter`; empty with the right columns if none.
-    Hidden temp files (a write in progress or killed) are skipped."""
+    Hidden temp files (a write in progress or killed) and files of other names are skipped."""
     import pyarrow.dataset as ds
 
-    folder = Path(run_dir) / table
     schema = SCHEMAS[table]
     columns = list(columns) if columns is not None else schema.names
-    if not folder.is_dir() or not any(folder.glob("epoch-*.parquet")):
+    files = epoch_files(run_dir, table)         # paramlab's epoch files only: a user's own file there is not read
+    if not files:
         return schema.empty_table().select(columns).to_pandas()
-    dataset = ds.dataset(str(folder), format="parquet", schema=schema, ignore_prefixes=[".", "_"])
+    dataset = ds.dataset([str(f) for f in files], format="parquet", schema=schema)
     return dataset.to_table(columns=columns, filter=filter).to_pandas()
 
 

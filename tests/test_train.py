@@ -257,3 +257,5 @@ def test_a_run_into_a_folder_keeps_the_users_own_files(make_cfg, tmp_path):
     assert all(f.read_bytes() == b"user data" for f in mine)
     assert not (run_dir / "metrics" / "epoch-0009.parquet").exists()
     assert not (run_dir / "tensors" / ".epoch-0009.parquet.tmp-123").exists()
+    # paramlab's readers read its epoch files only, not the user's file beside them
+    assert sorted(snapshot.read_metrics(run_dir).epoch.unique()) == list(range(1, info["epochs_completed"] + 1))
