@@ -512,7 +512,7 @@ def task(cfg: DictConfig) -> Optional[dict]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .engine import run_members
+    from .engine import completed_run, run_members
     from .sweep import job_device, job_threads, progress, refresh_sweep_json, watch_master
 
     watch_master()   # in a joblib worker: exit if the command is killed
@@ -527,7 +527,8 @@ def task(cfg: DictConfig) -> Optional[dict]:
 
         torch.set_num_threads(threads)
         OmegaConf.update(cfg, "device", job_device(str(cfg.device), int(hc.job.num)), merge=False)
-    print(f"paramlab: start {label} -> {run_dir}", flush=True)
+    if completed_run(run_dir) is None:   # (a completed one: the engine's `skip` line says so)
+        print(f"paramlab: start {label} -> {run_dir}", flush=True)
     counts = None
     try:
         result = run_members([cfg], [run_dir], [overrides])

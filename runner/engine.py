@@ -143,6 +143,18 @@ def read_json(path: Path) -> Optional[dict]:
         return None
 
 
+def completed(info: Optional[dict]) -> bool:
+    """Whether a run.json records a completed run. A completed run started again is left as it
+    is: not trained, not locked, none of its files rewritten (runner.paths.output_subdir)."""
+    return isinstance(info, dict) and info.get("status") == "completed"
+
+
+def completed_run(run_dir) -> Optional[dict]:
+    """run_dir's run.json if it records a completed run, else None."""
+    info = read_json(Path(run_dir) / "run.json")
+    return info if completed(info) else None
+
+
 def check_run_dir(cfg, run_dir: Path, label: Optional[str] = None) -> Optional[dict]:
     """A user error if `run_dir` holds a run of another config or is being written by a live
     process; else its run.json (None if it has none). Creates nothing."""
@@ -240,7 +252,7 @@ def run_members(cfgs: Sequence, run_dirs: Sequence, overrides: Optional[Sequence
         for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
             # Read again: another process may have finished it while this one imported torch.
             existing = read_json(run_dir / "run.json")
-            if existing is not None and existing.get("status") == "completed":
+            if completed(existing):
                 result.infos[i] = existing   # left as it is: not even locked
                 result.skipped.add(i)
                 _complete_compaction(run_dir)

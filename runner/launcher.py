@@ -260,7 +260,7 @@ def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):
     """One ensemble (in this process or a worker): ([run.json per member] or None, error line,
     the members found completed and left as they are)."""
     from .config import UserError, one_line
-    from .engine import run_members
+    from .engine import completed_run, run_members
     from .sweep import exit_quickly_when_stopped, interruptible, watch_master
 
     watch_master()
@@ -272,7 +272,7 @@ def run_group(cfgs, run_dirs, overrides, threads: Optional[int]):
     names = ", ".join(Path(d).name for d in run_dirs)
     if len(cfgs) > 1:
         print(f"paramlab: ensemble of {len(cfgs)}: {names}", flush=True)
-    else:
+    elif completed_run(run_dirs[0]) is None:           # (a completed one: the engine's `skip` line says so)
         print(f"paramlab: start {names} -> {run_dirs[0]}", flush=True)
     try:
         with interruptible():

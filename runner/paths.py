@@ -7,6 +7,8 @@
   finds its earlier sweep and a different command never shares one; `sweep.resume=PATH` wins.
 - `${paramlab_job_dir:${hydra.overrides.task}}`: a job's directory inside the sweep, named by
   its values of the swept keys (made filesystem-safe).
+- `${paramlab_output_subdir:}`: `hydra.output_subdir`, Hydra's record of the command (`.hydra`),
+  or null where the job's directory holds a completed run, which is left as it is.
 """
 from __future__ import annotations
 
@@ -69,6 +71,22 @@ def job_dir(task_overrides) -> str:
     return slug(",".join(chosen), 150)
 
 
+def output_subdir() -> Optional[str]:
+    """Where Hydra records a job's command in its directory (`.hydra`), or None (no record) where
+    that directory holds a completed run: Hydra writes the record before the task starts, so
+    otherwise a completed run started again would get its `.hydra/` files rewritten. Hydra reads
+    this once the job's directory is set (hydra.runtime.output_dir)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        output_dir = HydraConfig.get().runtime.output_dir
+    except Exception:      # not inside a Hydra job (or its directory not set yet)
+        return ".hydra"
+    from .engine import completed_run
+
+    return None if output_dir and completed_run(output_dir) is not None else ".hydra"
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
@@ -76,19 +94,27 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("paramlab_uid", lambda: os.urandom(3).hex(), use_cache=True)
         OmegaConf.register_new_resolver("paramlab_sweep_dir", sweep_dir)
         OmegaConf.register_new_resolver("paramlab_job_dir", job_dir)
+        OmegaConf.register_new_resolver("paramlab_output_subdir", output_subdir)
 
 
 def why_not_creatable(path: str) -> Optional[str]:
     """Why folder `path` cannot be used or made (its nearest existing ancestor is not a folder, or
     no folder can be made in it), or None. Tried with a probe folder made and removed: permissions
-    alone do not say it (under /proc, on a read-only mount, for root)."""
+    alone do not say it (under /proc, on a read-only mount, for root). The folder's access and
+    modification times are put back afterwards: an existing run or sweep directory is not touched
+    by a command that then stops at a mistake, nor by one that finds its run completed."""
     p = Path(path).absolute()
     while not p.exists():
         p = p.parent
     if not p.is_dir():
         return f"{p} is not a folder"
     try:
+        times = p.stat()
         os.rmdir(tempfile.mkdtemp(prefix=".paramlab-probe-", dir=p))
     except OSError as e:
         return f"no folder can be made in {p} ({e.strerror or e})"
+    try:
+        os.utime(p, ns=(times.st_atime_ns, times.st_mtime_ns))
+    except OSError:        # another owner's folder we may write in: its times move, nothing else
+        pass
     return None

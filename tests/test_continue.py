@@ -117,13 +117,15 @@ def test_completed_run_is_left_alone_and_other_config_refused(tmp_path, data_roo
     args = ["-m", "runner.train", f"data.root={data_root}", "trainer.epochs=1", "trainer.progress=false",
             "device=cpu", f"hydra.run.dir={tmp_path / 'r'}"]
     assert run_cli(*args, cwd=tmp_path).returncode == 0
-    def files():  # the run's own files (Hydra rewrites its .hydra/ record of each command)
-        return {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*") if p.is_file() and ".hydra" not in p.parts}
+    def files():  # every file and folder of the run (itself and Hydra's .hydra/ record included), with its time
+        return {p: p.stat().st_mtime_ns for p in [tmp_path / "r", *(tmp_path / "r").rglob("*")]}
 
     before = files()
+    assert (tmp_path / "r" / ".hydra" / "config.yaml").is_file()
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0 and "already completed" in r.stdout
-    assert "paramlab: completed" not in r.stdout, r.stdout       # one line says it was left as it is
+    assert "paramlab: completed" not in r.stdout and "paramlab: start" not in r.stdout, r.stdout  # one line says
+    # it was left as it is
     assert files() == before
     r = run_cli(*args, "trainer.compile=false", cwd=tmp_path)   # a key that does not change results
     assert r.returncode == 0 and "already completed" in r.stdout, r.stderr
