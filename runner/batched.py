@@ -15,7 +15,9 @@ k). The model's own forward code runs unchanged; what changes is its modules:
   float rounding, but any module works);
 - Dropout / Dropout2d draw one mask per member from that member's own generator.
 
-Activations are member-major: (K*B, ...), member k's batch in rows k*B .. (k+1)*B - 1. The
+Activations are member-major: (K*B, ...), member k's batch in rows k*B .. (k+1)*B - 1 (in a
+layout-free model on the CPU, the rows of a Linear's output are laid out feature-major: memory
+(features, K*B), see `layout_free`). The
 input may also come *shared*: (G*B, ...) rows for G < K groups of members that see the same
 batch (members with one seed, or everyone during evaluation); the first Linear then multiplies
 each group's batch with all its members' weights without copying it K times, and other modules
@@ -94,6 +96,9 @@ class Members:
         # Floats per example of the widest module output, from member 0's own model (so never
         # from K, and seeing modules a VmapModule hides): what evaluation's chunks follow.
         self.widest = widest_output(templates[0])
+        # Linear outputs laid out feature-major on the CPU (BatchedLinear): decided by the model alone
+        # (never by K), so that a member and its run alone compute the same products.
+        self.feature_major = self.device.type == "cpu" and layout_free(templates[0])
         self.model, self.batched = _batch_modules(self, templates)
         self.reused = [b for b in self.batched if len(b.sites) > 1]
         self.model.to(self.device)
@@ -444,8 +449,23 @@ class BatchedLinear(_Batched):
         pins = self.pin_cache.get(key)
         if pins is None:
             g = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype)
-            forward = kind == "data" and threads_matter("wxt", torch.mm, w, x.t())
-            pins = self.pin_cache[key] = (forward, backward_pinned(g, x, None if kind == "data" else w))
+            forward = kind != "linear" and threads_matter("wxt", torch.mm, w, x.t())
+            if kind == "feature-major":        # addmm's backward: g_h x and W^T g_h, g_h = g^T (out, B)
+                gh = torch.empty(w.shape[0], x.shape[0], dtype=x.dtype)
+                backward = threads_matter("fm-gx", torch.mm, gh, x) or threads_matter("fm-wg", torch.mm, w.t(), gh)
+            else:
+                backward = backward_pinned(g, x, None if kind == "data" else w)
+            pins = self.pin_cache[key] = (forward, backward)
+        return pins
+
+    def _fm_pins(self, rows: int, w: torch.Tensor) -> Tuple[bool, bool]:
+        """_pins for a feature-major layer, from the shapes and layout of its run alone's operands
+        (`rows` rows of its own, one member's weight w), whatever K."""
+        key = (rows, w.shape[0], w.shape[1], torch.get_num_threads())
+        pins = self.pin_cache.get(key)
+        if pins is None:
+            x = torch.empty_strided((rows, w.shape[1]), (1, rows), dtype=w.dtype)
+            pins = self.pin_cache[key] = self._pins("feature-major", x, w.detach())
         return pins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -466,9 +486,28 @@ class BatchedLinear(_Batched):
                     h = torch.mm(w, x.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x.t())
                 if pin_backward:
                     _pin_backward(h)
-                return h.t().contiguous()
+                return h.t() if m.feature_major else h.t().contiguous()
             spans = m.groups if m.shared(x) else [(k, k + 1) for k in range(m.k)]
-            return _DataLinear.apply(x, w, b, spans)
+            return _DataLinear.apply(x, w, b, spans, m.feature_major)
+        if m.feature_major and x.dim() == 2:
+            # A layout-free model on the CPU (layout_free): W x^T, on feature-major rows to a
+            # feature-major result, as the data layer (measured, 9 members of the seed model, one
+            # core: its three 8-wide layers and the loss ~470 -> ~350 us a step; MKL is slow on
+            # (B, 8) x (8, 8) products and fast on (8, 8) x (8, B)), and the loss then gets
+            # class-major logits without a copy.
+            if m.k > 1:
+                x = feature_major(m.to_members(x))
+                return _LinearFM.apply(x, w, b, self._fm_pins(x.shape[0] // m.k, w[0]))
+            x = feature_major(x)
+            pin_forward, pin_backward = self._fm_pins(x.shape[0], w)
+            if pin_forward:
+                with one_thread(True):
+                    h = torch.mm(w, x.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x.t())
+            else:
+                h = torch.mm(w, x.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x.t())
+            if pin_backward:
+                _pin_backward(h)
+            return h.t()
         if m.k == 1:                                       # a single run: plain F.linear
             h = F.linear(x, w, b)
             if x.dim() == 2 and h.requires_grad and not x.is_cuda and self._pins("linear", x, w)[1]:
@@ -555,7 +594,8 @@ def exact(name: str, batched, per_member, *tensors: torch.Tensor) -> torch.Tenso
     forms round differently from one member's for some shapes (measured here: widths under 4,
     single rows, weight gradients of 1- or 10-wide inputs, ...). So the first call for each of
     these compares the two on random tensors of the same shapes, strides and alignment and
-    remembers the verdict. One member: its own kernel (bmm of one was 1.5x slower than mm here)."""
+    remembers the verdict (for a tuple of results: all of them equal). One member: its own kernel
+    (bmm of one was 1.5x slower than mm here)."""
     if tensors[0].shape[0] == 1:
         return per_member(*tensors)
     key = _probe_key(name, tensors)
@@ -563,8 +603,15 @@ def exact(name: str, batched, per_member, *tensors: torch.Tensor) -> torch.Tenso
     if ok is None:
         probes = [_random_like(t) for t in tensors]
         with torch.no_grad():
-            ok = _VERDICTS[key] = torch.equal(batched(*probes), per_member(*probes))
+            ok = _VERDICTS[key] = _equal(batched(*probes), per_member(*probes))
     return batched(*tensors) if ok else per_member(*tensors)
+
+
+def _equal(a, b) -> bool:
+    """torch.equal, also for tuples of tensors (a product's several results)."""
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    return torch.equal(a, b)
 
 
 def _probe_key(name: str, tensors: Sequence[torch.Tensor]) -> tuple:
@@ -608,10 +655,11 @@ class _DataLinear(torch.autograd.Function):
     core than F.linear's x W^T, and the weights of the members that see one batch stack into one
     product (`exact` checks, per shape, that it gives each member its own bits).
     x: (G*B, in) shared rows, spans[g] = the members of group g; or (K*B, in) member-major rows
-    with spans = one member each. w: (K, out, in); b: (K, out) or None."""
+    with spans = one member each. w: (K, out, in); b: (K, out) or None. The result is laid out
+    feature-major (memory (out, K*rows)) where `feature_major_out`, as the model's layers are."""
 
     @staticmethod
-    def forward(ctx, x, w, b, spans):
+    def forward(ctx, x, w, b, spans, feature_major_out=False):
         ctx.save_for_backward(x, w)
         ctx.spans, ctx.has_bias = spans, b is not None
         k, o, i = w.shape
@@ -619,7 +667,7 @@ class _DataLinear(torch.autograd.Function):
         rows = x.shape[0] // groups
         # Returned as allocated, not as a view: a view made inside a Function may not be changed
         # in place afterwards (ReLU(inplace=True) right after the layer).
-        result = torch.empty(k * rows, o, dtype=x.dtype)
+        result = torch.empty_strided((k * rows, o), (1, k * rows) if feature_major_out else (o, 1), dtype=x.dtype)
         out = result.view(k, rows, o)
         xs = x.view(groups, rows, i)
         bs = b.unsqueeze(2) if b is not None else w.new_zeros(0)     # (K, out, 1); unused without bias
@@ -654,7 +702,7 @@ class _DataLinear(torch.autograd.Function):
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 db = exact("linear-data-db", lambda gs: gs.sum(1),
                            lambda gs: torch.stack([own(gs[m]).sum(0) for m in range(gs.shape[0])]), gs)
-        return None, dw, db, None
+        return None, dw, db, None, None
 
 
 # The products of _DataLinear: member by member (a run alone's), and two batched forms.
@@ -733,6 +781,113 @@ class _LinearK(torch.autograd.Function):
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 db = g.sum(1)
         return dx, dw, db
+
+
+class _LinearFM(torch.autograd.Function):
+    """A Linear for K >= 2 members on feature-major rows x (K*B, in) (memory (in, K*B), member m's
+    rows in columns m*B..), w (K, out, in), b (K, out) or None, to a feature-major (K*B, out): each
+    member gets the bits of its run alone's addmm(b, W, x^T) and of that node's backward (autograd's
+    own, BatchedLinear's feature-major path), as one batched product where `exact` has seen that
+    equal for these shapes, else member by member. `pins`: the run alone's (forward, backward) on
+    one thread (BatchedLinear._fm_pins). CPU only."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, pins):
+        ctx.save_for_backward(x, w, b)
+        ctx.pins = pins
+        k, o, i = w.shape
+        n = x.shape[0] // k
+        xt = x.view(k, n, i).transpose(1, 2)                      # (K, in, B): each member's x^T
+        bs = b.unsqueeze(2) if b is not None else w.new_zeros(0)  # (K, out, 1); empty without bias
+        result = torch.empty_strided((k * n, o), (1, k * n), dtype=x.dtype)
+        out = result.view(k, n, o).transpose(1, 2)               # (K, out, B): the batched product's target
+        if pins[0]:
+            with one_thread(True):
+                h = exact("fm-addmm", _fm_batched, _fm_alone, xt, w, bs, out)
+        else:
+            h = exact("fm-addmm", _fm_batched, _fm_alone, xt, w, bs, out)
+        if h.data_ptr() != out.data_ptr():                        # member by member
+            out.copy_(h)
+        return result
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, b = ctx.saved_tensors
+        k, o, i = w.shape
+        n = x.shape[0] // k
+        gt = g.reshape(k, n, o).transpose(1, 2)                   # (K, out, B): each member's g_h = g^T
+        xs = x.view(k, n, i)
+        bs = b if b is not None else w.new_zeros(0)
+        dx = torch.empty_strided((k * n, i), (1, k * n), dtype=x.dtype)
+        out = dx.view(k, n, i).transpose(1, 2)                   # (K, in, B): x^T's gradient, written in place
+        if ctx.pins[1]:
+            with one_thread(True):
+                dxt, dw, db = exact("fm-backward", _fm_backward, _fm_backward_alone, gt, xs, w, bs, out)
+        else:
+            dxt, dw, db = exact("fm-backward", _fm_backward, _fm_backward_alone, gt, xs, w, bs, out)
+        if dxt.data_ptr() != out.data_ptr():
+            out.copy_(dxt)
+        return dx, dw, db if b is not None else None, None
+
+
+def _fm_batched(xt, w, bs, out):
+    return torch.baddbmm(bs, w, xt, out=out) if bs.numel() else torch.bmm(w, xt, out=out)
+
+
+def _fm_alone(xt, w, bs, out):
+    """Each member's forward as its run alone computes it (BatchedLinear), on operands laid out as
+    that run holds them (`alone`)."""
+    return torch.stack([torch.addmm(alone(bs[m]), alone(w[m]), alone(xt[m])) if bs.numel()
+                        else torch.mm(alone(w[m]), alone(xt[m])) for m in range(w.shape[0])])
+
+
+def _fm_backward(gt, xs, w, bs, out):
+    """Each member's (x^T's, W's, b's gradient) as one batched product each; x^T's written into out."""
+    return torch.bmm(w.transpose(1, 2), gt, out=out), torch.bmm(gt, xs), gt.sum(2) if bs.numel() else bs
+
+
+def _fm_backward_alone(gt, xs, w, bs, out):
+    """The same from each member's run alone: its addmm node's backward, by autograd itself, on
+    operands laid out as that run holds them (`alone`). The backward of a scalar, whose gradient
+    h * g_h passes on g_h's bits and layout (an explicit gradient's first call imports torch.fx:
+    ~0.3 s)."""
+    parts = []
+    for m in range(w.shape[0]):
+        with torch.enable_grad():
+            x_m = alone(xs[m]).detach().requires_grad_()          # leaves, in the layouts alone() gives
+            w_m = alone(w[m]).detach().requires_grad_()
+            b_m = alone(bs[m]).detach().requires_grad_() if bs.numel() else None
+            h = torch.mm(w_m, x_m.t()) if b_m is None else torch.addmm(b_m.unsqueeze(1), w_m, x_m.t())
+            (h * alone(gt[m])).sum().backward()
+        parts.append((x_m.grad.t(), w_m.grad, b_m.grad if b_m is not None else bs))
+    dxt, dw, db = zip(*parts)
+    return torch.stack(dxt), torch.stack(dw), torch.stack(db) if bs.numel() else bs
+
+
+def alone(t: torch.Tensor) -> torch.Tensor:
+    """t (one member's block of a batched tensor) as its run alone holds it: a tensor of its own,
+    64-byte aligned, in the same layout: row-major, or column-major (a transposed row-major one,
+    as a block of feature-major rows is)."""
+    if t.dim() == 2 and t.stride(0) == 1 and t.stride(1) != 1:
+        return own(t.t().contiguous()).t()
+    return own(t.contiguous())
+
+
+def feature_major(x: torch.Tensor) -> torch.Tensor:
+    """Rows x (N, F) laid out feature-major (memory (F, N)): x itself, or a copy."""
+    stride = x.stride()
+    if stride[0] == 1 and stride[1] == x.shape[0] or x.t().is_contiguous():
+        return x
+    return x.t().contiguous().t()
+
+
+def layout_free(model: nn.Module) -> bool:
+    """Whether a model's Linear layers may hand on feature-major rows (memory (features, rows)) on
+    the CPU: a built-in model whose forward only passes activations from module to module (class
+    attribute `layout_free`; a user's forward may view them) and whose activations round the same
+    in any layout (none in ELEMENTWISE: those kernels round a scalar tail otherwise)."""
+    return bool(getattr(type(model), "layout_free", False)) and \
+        not any(isinstance(module, ELEMENTWISE) for module in model.modules())
 
 
 class BatchedConv2d(_Batched):

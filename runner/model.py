@@ -35,6 +35,8 @@ class MLP(nn.Module):
     hidden width, then a Linear head. With hidden [8,8,8] the Linear layers sit at net.1,
     net.4, net.7 and the head at net.10."""
 
+    layout_free = True      # forward hands activations on unviewed (runner.batched.layout_free)
+
     def __init__(self, hidden: Sequence[int], dropout: Sequence[float], activation: str = "relu"):
         super().__init__()
         layers: List[nn.Module] = [nn.Flatten()]
@@ -55,6 +57,8 @@ class NestMLP(nn.Module):
     """The seed's NestMLP: `net` = Linear 64, ReLU, Linear 32, ReLU; `linear` to the classes.
     `model.net.named_parameters()` gives 0.weight, 0.bias, 2.weight, 2.bias as in the seed."""
 
+    layout_free = True      # forward hands activations on unviewed (runner.batched.layout_free)
+
     def __init__(self, hidden: Sequence[int] = (64, 32), activation: str = "relu"):
         super().__init__()
         act = _ACTIVATIONS[activation]
@@ -72,6 +76,8 @@ class RGNet(nn.Module):
     """The seed's nested blocks: `block2` holds one `block1` (Linear + act) per hidden width
     (the seed's four blocks of width 4 by default), then `head_linear` to the classes.
     Parameter names nest: block2.0.0.weight is block 0's Linear weight."""
+
+    layout_free = True      # forward hands activations on unviewed (runner.batched.layout_free)
 
     def __init__(self, hidden: Sequence[int] = (4, 4, 4, 4), activation: str = "relu"):
         super().__init__()

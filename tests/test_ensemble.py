@@ -285,6 +285,45 @@ def test_in_place_activation_after_the_input_layer(make_cfg):
         assert all(p.grad is not None for p in members.leaves)
 
 
+def test_feature_major_layers_only_where_the_model_allows(make_cfg):
+    """On the CPU a built-in MLP's Linear layers hand on feature-major rows (memory (features,
+    rows): faster products for narrow layers), a run alone and each ensemble alike; a user's model
+    does not (its forward may view a layer's output, which that layout refuses: here .view(-1, 4)),
+    nor a model with an activation that rounds a scalar tail (tanh)."""
+    import torch
+    from torch import nn
+
+    from runner.batched import Members
+    from runner.engine import build
+    from runner.sharing import build_tie_map
+
+    class Viewing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.head = nn.Linear(784, 8), nn.Linear(8, 10)
+
+        def forward(self, x):
+            h = self.fc(x.flatten(1))
+            return self.head(h.view(-1, 4).relu().view(h.shape[0], 8))
+
+    def members(make, k):
+        torch.manual_seed(0)
+        templates = [make() for _ in range(k)]
+        return Members(templates, build_tie_map(templates[0]), "cpu", list(range(k)))
+
+    for k in (1, 3):
+        mlp = members(lambda: build(make_cfg("model.hidden=[8,8]"))[0], k)
+        strides = []
+        mlp.model.net[4].register_forward_hook(lambda module, inputs, out: strides.append(out.stride()))
+        mlp.forward(torch.randn(16, 1, 28, 28), [(0, k)]).sum().backward()
+        assert mlp.feature_major and strides == [(1, 16 * k)]
+        assert not members(lambda: build(make_cfg("model.hidden=[8,8]", "model.activation=tanh"))[0], k).feature_major
+        custom = members(Viewing, k)
+        assert not custom.feature_major
+        custom.forward(torch.randn(16, 1, 28, 28), [(0, k)]).sum().backward()
+        assert all(p.grad is not None for p in custom.leaves)
+
+
 def test_exact_returns_each_members_own_bits():
     """exact() may use a batched product only where it equals the member-by-member one: for these
     shapes (one row, two outputs: measured to round differently batched) its result must still be
