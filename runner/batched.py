@@ -799,15 +799,15 @@ class _LinearFM(torch.autograd.Function):
         n = x.shape[0] // k
         xt = x.view(k, n, i).transpose(1, 2)                      # (K, in, B): each member's x^T
         bs = b.unsqueeze(2) if b is not None else w.new_zeros(0)  # (K, out, 1); empty without bias
-        result = torch.empty_strided((k * n, o), (1, k * n), dtype=x.dtype)
-        out = result.view(k, n, o).transpose(1, 2)               # (K, out, B): the batched product's target
         if pins[0]:
             with one_thread(True):
-                h = exact("fm-addmm", _fm_batched, _fm_alone, xt, w, bs, out)
+                h = exact("fm-addmm", _fm_batched, _fm_alone, xt, w, bs)
         else:
-            h = exact("fm-addmm", _fm_batched, _fm_alone, xt, w, bs, out)
-        if h.data_ptr() != out.data_ptr():                        # member by member
-            out.copy_(h)
+            h = exact("fm-addmm", _fm_batched, _fm_alone, xt, w, bs)
+        # Copied into place: a product written straight into the strided result runs as one addmm
+        # per member inside PyTorch (measured: 13.6 us against 7.7 with the copy, 9 x 8 x 8 x 256).
+        result = torch.empty_strided((k * n, o), (1, k * n), dtype=x.dtype)
+        result.view(k, n, o).transpose(1, 2).copy_(h)
         return result
 
     @staticmethod
@@ -818,35 +818,33 @@ class _LinearFM(torch.autograd.Function):
         gt = g.reshape(k, n, o).transpose(1, 2)                   # (K, out, B): each member's g_h = g^T
         xs = x.view(k, n, i)
         bs = b if b is not None else w.new_zeros(0)
-        dx = torch.empty_strided((k * n, i), (1, k * n), dtype=x.dtype)
-        out = dx.view(k, n, i).transpose(1, 2)                   # (K, in, B): x^T's gradient, written in place
         if ctx.pins[1]:
             with one_thread(True):
-                dxt, dw, db = exact("fm-backward", _fm_backward, _fm_backward_alone, gt, xs, w, bs, out)
+                dxt, dw, db = exact("fm-backward", _fm_backward, _fm_backward_alone, gt, xs, w, bs)
         else:
-            dxt, dw, db = exact("fm-backward", _fm_backward, _fm_backward_alone, gt, xs, w, bs, out)
-        if dxt.data_ptr() != out.data_ptr():
-            out.copy_(dxt)
+            dxt, dw, db = exact("fm-backward", _fm_backward, _fm_backward_alone, gt, xs, w, bs)
+        dx = torch.empty_strided((k * n, i), (1, k * n), dtype=x.dtype)
+        dx.view(k, n, i).transpose(1, 2).copy_(dxt)               # x's gradient, feature-major
         return dx, dw, db if b is not None else None, None
 
 
-def _fm_batched(xt, w, bs, out):
-    return torch.baddbmm(bs, w, xt, out=out) if bs.numel() else torch.bmm(w, xt, out=out)
+def _fm_batched(xt, w, bs):
+    return torch.baddbmm(bs, w, xt) if bs.numel() else torch.bmm(w, xt)
 
 
-def _fm_alone(xt, w, bs, out):
+def _fm_alone(xt, w, bs):
     """Each member's forward as its run alone computes it (BatchedLinear), on operands laid out as
     that run holds them (`alone`)."""
     return torch.stack([torch.addmm(alone(bs[m]), alone(w[m]), alone(xt[m])) if bs.numel()
                         else torch.mm(alone(w[m]), alone(xt[m])) for m in range(w.shape[0])])
 
 
-def _fm_backward(gt, xs, w, bs, out):
-    """Each member's (x^T's, W's, b's gradient) as one batched product each; x^T's written into out."""
-    return torch.bmm(w.transpose(1, 2), gt, out=out), torch.bmm(gt, xs), gt.sum(2) if bs.numel() else bs
+def _fm_backward(gt, xs, w, bs):
+    """Each member's (x^T's, W's, b's gradient), as one batched product each."""
+    return torch.bmm(w.transpose(1, 2), gt), torch.bmm(gt, xs), gt.sum(2) if bs.numel() else bs
 
 
-def _fm_backward_alone(gt, xs, w, bs, out):
+def _fm_backward_alone(gt, xs, w, bs):
     """The same from each member's run alone: its addmm node's backward, by autograd itself, on
     operands laid out as that run holds them (`alone`). The backward of a scalar, whose gradient
     h * g_h passes on g_h's bits and layout (an explicit gradient's first call imports torch.fx:
