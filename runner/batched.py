@@ -491,10 +491,9 @@ class BatchedLinear(_Batched):
             return _DataLinear.apply(x, w, b, spans, m.feature_major)
         if m.feature_major and x.dim() == 2:
             # A layout-free model on the CPU (layout_free): W x^T, on feature-major rows to a
-            # feature-major result, as the data layer (measured, 9 members of the seed model, one
-            # core: its three 8-wide layers and the loss ~470 -> ~350 us a step; MKL is slow on
-            # (B, 8) x (8, 8) products and fast on (8, 8) x (8, B)), and the loss then gets
-            # class-major logits without a copy.
+            # feature-major result, as the data layer (MKL is slow on (B, 8) x (8, 8) products and
+            # fast on (8, 8) x (8, B): 9 members of the seed model, one core, an epoch -8.5%,
+            # measured), and the loss then gets class-major logits without a copy.
             if m.k > 1:
                 x = feature_major(m.to_members(x))
                 return _LinearFM.apply(x, w, b, self._fm_pins(x.shape[0] // m.k, w[0]))
