@@ -184,7 +184,9 @@ def activation_outputs(members: Members, x: torch.Tensor, layers: Sequence[str])
             k = calls[0]
             calls[0] += 1
             name = paths[k] if k < len(paths) else f"{paths[-1]}#{k + 1}"
-            outputs[name] = members.member_view(output).flatten(2)
+            # Row-major per member (a feature-major Linear output is not): the statistics' sums then
+            # add in one order whatever K, so a member's equal its run alone's bit for bit.
+            outputs[name] = members.member_view(output).flatten(2).contiguous()
 
         return hook
 

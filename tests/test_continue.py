@@ -41,9 +41,9 @@ main()
 def _same(a, b):
     """Two run directories hold the same results, bit for bit."""
     for table in ("metrics", "activations"):
-        pd.testing.assert_frame_equal(pd.read_parquet(a / table), pd.read_parquet(b / table))
+        pd.testing.assert_frame_equal(pd.read_parquet(a / table), pd.read_parquet(b / table), check_exact=True)
     pa, pb = snapshot.read_params(a), snapshot.read_params(b)
-    pd.testing.assert_frame_equal(pa, pb)
+    pd.testing.assert_frame_equal(pa, pb, check_exact=True)
     ta = {(t["epoch"], t["name"], t["kind"], t["site"]): t["array"] for t in snapshot.read_tensors(a)}
     tb = {(t["epoch"], t["name"], t["kind"], t["site"]): t["array"] for t in snapshot.read_tensors(b)}
     assert sorted(ta) == sorted(tb) and all(np.array_equal(ta[k], tb[k]) for k in ta)

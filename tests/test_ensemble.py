@@ -19,14 +19,15 @@ def _tensors(run_dir):
 
 
 def _assert_same_run(a, b):
-    pd.testing.assert_frame_equal(pd.read_parquet(a / "metrics"), pd.read_parquet(b / "metrics"))
+    """Bit for bit: every table compared exactly (assert_frame_equal's default allows 1e-5)."""
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "metrics"), pd.read_parquet(b / "metrics"), check_exact=True)
     ta, tb = _tensors(a), _tensors(b)
     assert sorted(ta) == sorted(tb)
     for key in ta:
         assert np.array_equal(ta[key], tb[key]), key
-    pd.testing.assert_frame_equal(snapshot.read_activations(a), snapshot.read_activations(b))
+    pd.testing.assert_frame_equal(snapshot.read_activations(a), snapshot.read_activations(b), check_exact=True)
     columns = ["epoch", "name", "kind", "site", "mean", "std", "norm", "min", "max", "cos_grad", "step_var"]
-    pd.testing.assert_frame_equal(snapshot.read_params(a, columns), snapshot.read_params(b, columns))
+    pd.testing.assert_frame_equal(snapshot.read_params(a, columns), snapshot.read_params(b, columns), check_exact=True)
 
 
 GRIDS = {

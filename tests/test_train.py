@@ -34,7 +34,7 @@ def test_learns_and_is_deterministic(make_cfg, tmp_path):
     a = run(cfg, tmp_path / "a")
     run(cfg, tmp_path / "b")
     ma, mb = pd.read_parquet(tmp_path / "a" / "metrics"), pd.read_parquet(tmp_path / "b" / "metrics")
-    pd.testing.assert_frame_equal(ma, mb)
+    pd.testing.assert_frame_equal(ma, mb, check_exact=True)
     assert a["final"]["val_acc"] > 0.5  # the synthetic classes are learnable
     c = run(make_cfg("trainer.epochs=3", "model.hidden=[32,32,32]", "seed=1"), tmp_path / "c")
     assert c["final"]["train_loss"] != a["final"]["train_loss"]
