@@ -31,7 +31,6 @@ call in a forward is attributed to its k-th path.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -449,23 +448,22 @@ class BatchedLinear(_Batched):
         pins = self.pin_cache.get(key)
         if pins is None:
             g = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype)
-            forward = kind != "linear" and threads_matter("wxt", torch.mm, w, x.t())
-            if kind == "feature-major":        # addmm's backward: g_h x and W^T g_h, g_h = g^T (out, B)
-                gh = torch.empty(w.shape[0], x.shape[0], dtype=x.dtype)
-                backward = threads_matter("fm-gx", torch.mm, gh, x) or threads_matter("fm-wg", torch.mm, w.t(), gh)
-            else:
-                backward = backward_pinned(g, x, None if kind == "data" else w)
-            pins = self.pin_cache[key] = (forward, backward)
+            forward = kind == "data" and threads_matter("wxt", torch.mm, w, x.t())
+            pins = self.pin_cache[key] = (forward, backward_pinned(g, x, None if kind == "data" else w))
         return pins
 
     def _fm_pins(self, rows: int, w: torch.Tensor) -> Tuple[bool, bool]:
-        """_pins for a feature-major layer, from the shapes and layout of its run alone's operands
-        (`rows` rows of its own, one member's weight w), whatever K."""
-        key = (rows, w.shape[0], w.shape[1], torch.get_num_threads())
+        """_pins for a feature-major layer, from its run alone's operands (`rows` feature-major rows
+        of its own, one member's weight w), whatever K: its addmm's forward W x^T, and its backward
+        g_h x and W^T g_h (g_h = g^T, (out, rows))."""
+        key = ("feature-major", rows, w.shape[0], w.shape[1], torch.get_num_threads())
         pins = self.pin_cache.get(key)
         if pins is None:
+            w = w.detach()
             x = torch.empty_strided((rows, w.shape[1]), (1, rows), dtype=w.dtype)
-            pins = self.pin_cache[key] = self._pins("feature-major", x, w.detach())
+            gh = torch.empty(w.shape[0], rows, dtype=w.dtype)
+            pins = self.pin_cache[key] = (threads_matter("wxt", torch.mm, w, x.t()), threads_matter(
+                "fm-gx", torch.mm, gh, x) or threads_matter("fm-wg", torch.mm, w.t(), gh))
         return pins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -481,12 +479,8 @@ class BatchedLinear(_Batched):
             # Evaluation's other layers stay on F.linear's x W^T, whose bits do not (the 10-class
             # head as W h^T does: measured), so that nothing pins them.
             if m.k == 1:
-                pin_forward, pin_backward = self._pins("data", x, w)
-                with one_thread(pin_forward):
-                    h = torch.mm(w, x.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x.t())
-                if pin_backward:
-                    _pin_backward(h)
-                return h.t() if m.feature_major else h.t().contiguous()
+                h = _wxt_alone(x, w, b, self._pins("data", x, w))
+                return h if m.feature_major else h.contiguous()
             spans = m.groups if m.shared(x) else [(k, k + 1) for k in range(m.k)]
             return _DataLinear.apply(x, w, b, spans, m.feature_major)
         if m.feature_major and x.dim() == 2:
@@ -498,15 +492,7 @@ class BatchedLinear(_Batched):
                 x = feature_major(m.to_members(x))
                 return _LinearFM.apply(x, w, b, self._fm_pins(x.shape[0] // m.k, w[0]))
             x = feature_major(x)
-            pin_forward, pin_backward = self._fm_pins(x.shape[0], w)
-            if pin_forward:
-                with one_thread(True):
-                    h = torch.mm(w, x.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x.t())
-            else:
-                h = torch.mm(w, x.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x.t())
-            if pin_backward:
-                _pin_backward(h)
-            return h.t()
+            return _wxt_alone(x, w, b, self._fm_pins(x.shape[0], w))
         if m.k == 1:                                       # a single run: plain F.linear
             h = F.linear(x, w, b)
             if x.dim() == 2 and h.requires_grad and not x.is_cuda and self._pins("linear", x, w)[1]:
@@ -522,6 +508,16 @@ class BatchedLinear(_Batched):
         else:
             h = _LinearK.apply(m.member_view(x).reshape(m.k, -1, x.shape[-1]), w, b)
         return h.reshape(m.k * m.batch, *x.shape[1:-1], self.out_features)
+
+
+def _wxt_alone(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], pins: Tuple[bool, bool]) -> torch.Tensor:
+    """A run alone's Linear as (W x^T + b)^T with plain autograd ops (no Python node), feature-major;
+    pins: its (forward, backward) on one thread (BatchedLinear._pins, _fm_pins)."""
+    with one_thread(pins[0]):
+        h = torch.mm(w, x.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x.t())
+    if pins[1]:
+        _pin_backward(h)
+    return h.t()
 
 
 # ------------------------------------------------------------------------- thread count
@@ -549,18 +545,22 @@ def threads_matter(name: str, fn, *tensors: torch.Tensor) -> bool:
     return verdict
 
 
-@contextlib.contextmanager
-def one_thread(pinned: bool):
-    """Run the enclosed products on one thread if `pinned`."""
-    n = torch.get_num_threads()
-    if not pinned or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+class one_thread:
+    """Run the enclosed products on one thread if `pinned`. A class, not a generator: entered a few
+    times every step, unpinned mostly (0.2 us a use against 0.8, measured)."""
+    __slots__ = ("pinned", "n")
+
+    def __init__(self, pinned: bool):
+        self.pinned = pinned
+
+    def __enter__(self) -> None:
+        self.n = torch.get_num_threads() if self.pinned else 1
+        if self.n > 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc) -> None:
+        if self.n > 1:
+            torch.set_num_threads(self.n)
 
 
 def backward_pinned(g: torch.Tensor, x: torch.Tensor, w: Optional[torch.Tensor]) -> bool:
@@ -798,10 +798,7 @@ class _LinearFM(torch.autograd.Function):
         n = x.shape[0] // k
         xt = x.view(k, n, i).transpose(1, 2)                      # (K, in, B): each member's x^T
         bs = b.unsqueeze(2) if b is not None else w.new_zeros(0)  # (K, out, 1); empty without bias
-        if pins[0]:
-            with one_thread(True):
-                h = exact("fm-addmm", _fm_batched, _fm_alone, xt, w, bs)
-        else:
+        with one_thread(pins[0]):
             h = exact("fm-addmm", _fm_batched, _fm_alone, xt, w, bs)
         # Copied into place: a product written straight into the strided result runs as one addmm
         # per member inside PyTorch (measured: 13.6 us against 7.7 with the copy, 9 x 8 x 8 x 256).
@@ -817,10 +814,7 @@ class _LinearFM(torch.autograd.Function):
         gt = g.reshape(k, n, o).transpose(1, 2)                   # (K, out, B): each member's g_h = g^T
         xs = x.view(k, n, i)
         bs = b if b is not None else w.new_zeros(0)
-        if ctx.pins[1]:
-            with one_thread(True):
-                dxt, dw, db = exact("fm-backward", _fm_backward, _fm_backward_alone, gt, xs, w, bs)
-        else:
+        with one_thread(ctx.pins[1]):
             dxt, dw, db = exact("fm-backward", _fm_backward, _fm_backward_alone, gt, xs, w, bs)
         dx = torch.empty_strided((k * n, i), (1, k * n), dtype=x.dtype)
         dx.view(k, n, i).transpose(1, 2).copy_(dxt)               # x's gradient, feature-major
