@@ -47,6 +47,12 @@ def make_cfg(data_root):
     return _make
 
 
+def stamps(folder: Path) -> dict:
+    """Every file and folder under `folder` (itself included) with its modification time: what "left
+    as it is" compares."""
+    return {p: p.stat().st_mtime_ns for p in [folder, *folder.rglob("*")]}
+
+
 def run_cli(*args: str, cwd=None, timeout: float = 120, env_extra=None) -> subprocess.CompletedProcess:
     # The repo root on the path as a plain entry: Hydra then finds hydra_plugins/ however the
     # package was installed (an editable install's import hook hides namespace portions).

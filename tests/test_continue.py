@@ -13,7 +13,7 @@ import pytest
 from runner import snapshot
 from runner.sweep import job_runs
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, stamps
 
 # Dies (as if SIGKILLed) while writing one file of one epoch: that epoch's files before it exist
 # only under temp names (snapshot.durable_together renames them together at the end), its
@@ -117,16 +117,13 @@ def test_completed_run_is_left_alone_and_other_config_refused(tmp_path, data_roo
     args = ["-m", "runner.train", f"data.root={data_root}", "trainer.epochs=1", "trainer.progress=false",
             "device=cpu", f"hydra.run.dir={tmp_path / 'r'}"]
     assert run_cli(*args, cwd=tmp_path).returncode == 0
-    def files():  # every file and folder of the run (itself and Hydra's .hydra/ record included), with its time
-        return {p: p.stat().st_mtime_ns for p in [tmp_path / "r", *(tmp_path / "r").rglob("*")]}
-
-    before = files()
+    before = stamps(tmp_path / "r")                 # Hydra's .hydra/ record included
     assert (tmp_path / "r" / ".hydra" / "config.yaml").is_file()
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0 and "already completed" in r.stdout
     assert "paramlab: completed" not in r.stdout and "paramlab: start" not in r.stdout, r.stdout  # one line says
     # it was left as it is
-    assert files() == before
+    assert stamps(tmp_path / "r") == before
     r = run_cli(*args, "trainer.compile=false", cwd=tmp_path)   # a key that does not change results
     assert r.returncode == 0 and "already completed" in r.stdout, r.stderr
     r = run_cli(*args, "optim.lr=0.3", cwd=tmp_path)
@@ -134,7 +131,7 @@ def test_completed_run_is_left_alone_and_other_config_refused(tmp_path, data_roo
     assert (f"hydra.run.dir={tmp_path / 'r'} holds a run with another config (optim.lr: 0.1 there, 0.3 here); "
             f"continue it with its own config, give this run another directory, or delete {tmp_path / 'r'} to "
             "start over") in r.stderr
-    assert files() == before
+    assert stamps(tmp_path / "r") == before
 
 
 def test_killed_ensemble_sweep_resumes_bit_identical(tmp_path, data_root):

@@ -9,7 +9,7 @@ import pytest
 from runner.paths import sweep_dir
 from runner.sweep import job_runs
 
-from conftest import CONF, run_cli
+from conftest import CONF, run_cli, stamps
 
 FAULT = """
 import errno, sys
@@ -48,10 +48,10 @@ def test_sweep_isolates_failures_and_resumes(tmp_path, data_root):
     # Same command again (no fault): the completed job is left as it is, the others run again.
     done = sweep / "optim.lr=0.1,sharing=all_hidden"
     assert (done / ".hydra" / "overrides.yaml").is_file()           # the basic launcher's record of the job
-    before = _stamps(done)
+    before = stamps(done)
     r = run_cli("-m", "runner.train", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert _stamps(done) == before                  # not one file or folder of it rewritten, .hydra/ included
+    assert stamps(done) == before                  # not one file or folder of it rewritten, .hydra/ included
     assert r.stdout.count("already completed") == 1 and "skip optim.lr=0.1,sharing=all_hidden: already" in r.stdout
     assert "paramlab: completed optim.lr=0.1,sharing=all_hidden" not in r.stdout    # one line for a skipped job
     assert "paramlab: completed optim.lr=0.1,sharing=none" in r.stdout
@@ -66,11 +66,6 @@ def test_sweep_isolates_failures_and_resumes(tmp_path, data_root):
     assert sorted(j["_dir"] for j in job_runs(sweep)) == sorted(statuses)  # no job of another config appeared
     r = run_cli("-m", "runner.train", "-m", f"sweep.resume={sweep}", "optim.lr=0.3", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "optim.lr=0.3 cannot change it" in r.stderr
-
-
-def _stamps(folder: Path) -> dict:
-    """Every file and folder under `folder` (itself included) with its modification time."""
-    return {p: p.stat().st_mtime_ns for p in [folder, *folder.rglob("*")]}
 
 
 def test_sweep_dir_names():
